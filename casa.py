@@ -1,0 +1,471 @@
+"""
+casa.py: a tiny vision-language model with the three ways of feeding images to a language model, side by side.
+
+  insertion  (LLaVA / nanoVLM)          image tokens go into the text stream and into the KV cache
+  cross      (Flamingo / Llama 3.2 V)   extra layers where text queries attend to the latest image only
+  casa       (Kyutai, arXiv 2512.19535) extra layers where text queries attend to the latest image AND the text
+                                        of their own window (since that image), in one softmax
+
+Read top to bottom: config, attention primitive, the one mask function (`may_attend`), blocks, the vision encoder,
+the VLM with its KV cache, generation. Every sequence is a list of token ids in which `image_token_id` marks where
+each image occurs; the images themselves come as one tensor (n_images, 3, H, W) in the order of their markers
+(row 0's first, then row 1's, ...). A *window* is the span from one marker to the next; `win` numbers them
+(0 = text before the first image, k = after the k-th image).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FUSIONS = ("insertion", "cross", "casa")
+
+
+@dataclass
+class VLMConfig:
+    # vision encoder (a small ViT); the image becomes (image_size // patch_size) ** 2 tokens
+    image_size: int = 64
+    patch_size: int = 8
+    vit_layers: int = 3
+    vit_dim: int = 128
+    vit_heads: int = 4
+    # language model (decoder-only, RoPE, tied output head)
+    vocab_size: int = 96
+    image_token_id: int = 2
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    rope_base: float = 10000.0
+    # fusion: how images reach the language model
+    fusion: str = "casa"          # insertion | cross | casa
+    cross_every: int = 2          # cross/casa: a fusion layer in every cross_every-th block (paper: 2)
+    gate: bool = False            # cross only: Flamingo-style zero-initialised tanh gate on the fusion layer
+    share_weights: bool = False   # cross/casa: fusion layer reuses its block's self-attention projections (D1)
+
+    def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for dim, heads in ((self.n_embd, self.n_head), (self.vit_dim, self.vit_heads)):
+            if dim % heads or (dim // heads) % 2:
+                raise ValueError(f"width {dim} must split into {heads} heads of even size (RoPE rotates pairs)")
+        if self.cross_every < 1:
+            raise ValueError(f"cross_every must be >= 1, got {self.cross_every}")
+        if self.gate and self.fusion != "cross":
+            raise ValueError("gate=True is for fusion=cross: CASA gates itself through its softmax (paper, Sec. 3)")
+        if not 0 <= self.image_token_id < self.vocab_size:
+            raise ValueError(f"image_token_id {self.image_token_id} is outside the vocabulary ({self.vocab_size})")
+
+    @property
+    def image_tokens(self):
+        return (self.image_size // self.patch_size) ** 2
+
+    def has_fusion_layer(self, block_index):
+        return self.fusion != "insertion" and (block_index + 1) % self.cross_every == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Primitives
+
+
+def rope(x, pos, base):
+    """Rotate channel pairs of x (B, H, L, D) by angles proportional to the integer positions pos (B, L).
+    Computed on the fly, so positions are unbounded (a live stream never hits a block_size)."""
+    half = x.size(-1) // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = pos[:, None, :, None].float() * inv_freq  # (B, 1, L, D/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def attend(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(d)) v over the keys each query may see: q (B, H, Tq, D), k/v (B, H, Tk, D),
+    mask (B, 1, Tq, Tk) bool, True = may attend. A query that may see no key at all (text before the first image
+    in cross-attention) gets exactly zero instead of the NaN an all-masked softmax would give."""
+    if k.size(-2) == 0:
+        return q.new_zeros(q.shape)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    sees_something = mask.any(dim=-1, keepdim=True)  # (B, 1, Tq, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_something)
+    return out * sees_something
+
+
+def may_attend(kind, q_pos, q_win, k_pos, k_win):
+    """THE place where the mechanisms differ: which keys each query may see. Returns (B, 1, Tq, Tk) bool.
+    q_pos, q_win (B, Tq) and k_pos, k_win (B, Tk) are stream positions and window numbers; an image's tokens sit
+    at the position of their marker and in the window that marker opens."""
+    causal = k_pos[:, None, :] <= q_pos[:, :, None]
+    same_window = k_win[:, None, :] == q_win[:, :, None]
+    if kind == "self":   # insertion, and every LM self-attention: all earlier tokens of the stream
+        mask = causal
+    elif kind == "cross":  # keys are image tokens: only the latest image's; before the first image, nothing
+        mask = same_window
+    elif kind == "casa":  # keys are image + text tokens: the latest image's and the own window's text so far
+        mask = same_window & causal
+    else:
+        raise ValueError(f"unknown attention kind {kind!r}")
+    return mask[:, None]
+
+
+@dataclass
+class KV:
+    """Keys and values (B, H, L, D) plus each key's stream position and window (B, L): what a query may look at,
+    and what a cache holds between generation steps."""
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: torch.Tensor
+    win: torch.Tensor
+
+    def then(self, later):
+        return KV(torch.cat([self.k, later.k], 2), torch.cat([self.v, later.v], 2),
+                  torch.cat([self.pos, later.pos], 1), torch.cat([self.win, later.win], 1))
+
+    def keep(self, sel):  # sel: (L,) bool over keys, the same for every row
+        return KV(self.k[:, :, sel], self.v[:, :, sel], self.pos[:, sel], self.win[:, sel])
+
+    def __len__(self):
+        return self.pos.size(1)
+
+    def nbytes(self):
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+class Attention(nn.Module):
+    """Multi-head attention: the one primitive behind the ViT, self-attention, cross-attention and CASA.
+    Queries come from x; keys/values come from whatever `kv` was built from (the same tokens, image tokens, or a
+    cache). `rotate` applies RoPE at the given positions; plain cross-attention uses no positions."""
+
+    def __init__(self, dim, n_head, rope_base):
+        super().__init__()
+        self.n_head, self.rope_base = n_head, rope_base
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def heads(self, x):  # (B, L, C) -> (B, H, L, C/H)
+        B, L, C = x.shape
+        return x.view(B, L, self.n_head, C // self.n_head).transpose(1, 2)
+
+    def kv(self, x, pos=None, win=None, rotate=False):
+        k, v = self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        return KV(rope(k, pos, self.rope_base) if rotate else k, v, pos, win)
+
+    def forward(self, x, kv, mask=None, pos=None, rotate=False):
+        q = self.heads(self.q_proj(x))
+        if rotate:
+            q = rope(q, pos, self.rope_base)
+        y = attend(q, kv.k, kv.v, mask)  # (B, H, T, C/H)
+        return self.out_proj(y.transpose(1, 2).flatten(2))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+@dataclass
+class Stream:
+    """What every LM block needs to know about the tokens of one forward call."""
+    pos: torch.Tensor         # (B, T) stream position of each query token
+    win: torch.Tensor         # (B, T) its window: how many images came before it (its own marker included)
+    images: torch.Tensor      # (B, M*N, C) projected tokens of this call's images (cross/casa; M may be 0)
+    image_pos: torch.Tensor   # (B, M*N) the position of each image's marker
+    image_win: torch.Tensor   # (B, M*N) the window each image opens; -1 pads rows with fewer images
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. In an LM block with a fusion layer, that layer runs in parallel with the
+    text self-attention, each with its own norm (paper's layout):
+        h = x + SA(n1(x)) + FUSE(n2(x), images);   out = h + MLP(n3(h))
+    Without a Stream (the ViT) every token sees every token."""
+
+    def __init__(self, dim, n_head, rope_base, fusion=None, share_weights=False, gate=False):
+        super().__init__()
+        self.fusion, self.share_weights = fusion, share_weights
+        self.norm1, self.attn = nn.RMSNorm(dim), Attention(dim, n_head, rope_base)
+        if fusion:
+            self.norm2 = nn.RMSNorm(dim)
+            if not share_weights:
+                self.cross = Attention(dim, n_head, rope_base)
+            self.gate = nn.Parameter(torch.zeros(1)) if gate else None
+        self.norm3, self.mlp = nn.RMSNorm(dim), MLP(dim)
+
+    def start_fusion_from_self_attention(self):
+        """Paper's initialisation: a new fusion layer starts as a copy of its block's self-attention."""
+        with torch.no_grad():
+            self.norm2.weight.copy_(self.norm1.weight)
+            if not self.share_weights:
+                self.cross.load_state_dict(self.attn.state_dict())
+
+    def forward(self, x, s=None, cache=None):
+        h = self.norm1(x)
+        if s is None:
+            return self.mlp_residual(x + self.attn(h, self.attn.kv(h)))
+        kv = self.attn.kv(h, s.pos, s.win, rotate=True)
+        if cache is not None:
+            kv = cache["self"] = cache["self"].then(kv) if "self" in cache else kv
+        update = self.attn(h, kv, may_attend("self", s.pos, s.win, kv.pos, kv.win), s.pos, rotate=True)
+        if self.fusion:
+            update = update + self.fuse(self.norm2(x), s, cache)
+        return self.mlp_residual(x + update)
+
+    def mlp_residual(self, h):
+        return h + self.mlp(self.norm3(h))
+
+    def fuse(self, h, s, cache):
+        """Cross-attention or CASA. Image tokens are keys only: never queries, never updated, never cached with
+        the text. CASA places image keys at their marker's position, so with RoPE a query sees how far back its
+        image is; plain cross-attention uses no positions at all."""
+        layer = self.attn if self.share_weights else self.cross
+        casa = self.fusion == "casa"
+        kv = layer.kv(s.images, s.image_pos, s.image_win, rotate=casa)
+        if casa:
+            kv = kv.then(layer.kv(h, s.pos, s.win, rotate=True))
+        if cache is not None:
+            if "fusion" in cache:
+                kv = cache["fusion"].then(kv)
+            # only the latest window can be seen again: cross keeps that image's keys (swapped at each new image),
+            # casa keeps that image plus the window's text so far (reset at each new image)
+            cache["fusion"] = kv.keep(kv.win[0] == s.win[0, -1])
+        out = layer(h, kv, may_attend(self.fusion, s.pos, s.win, kv.pos, kv.win), s.pos, rotate=casa)
+        return out * torch.tanh(self.gate) if self.gate is not None else out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision encoder
+
+
+class VisionEncoder(nn.Module):
+    """A small ViT: patches -> linear embedding + learned positions -> bidirectional blocks -> norm, then a
+    projector to the LM width. (n, 3, H, W) floats in [0, 1] -> (n, N, n_embd) image tokens."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, p = config.vit_dim, config.patch_size
+        self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)  # one linear map per non-overlapping patch
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.image_tokens, d))
+        self.blocks = nn.ModuleList(Block(d, config.vit_heads, config.rope_base) for _ in range(config.vit_layers))
+        self.norm = nn.RMSNorm(d)
+        self.projector = nn.Sequential(nn.Linear(d, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd))
+
+    def forward(self, images):
+        x = self.patch_embed(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos_emb  # (n, N, vit_dim)
+        for block in self.blocks:
+            x = block(x)
+        return self.projector(self.norm(x))  # (n, N, n_embd)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The vision-language model
+
+
+class KVCache:
+    """What generation keeps between calls. Per LM block: 'self' holds the self-attention keys of the stream
+    (text; plus image tokens under insertion) and 'fusion' the fusion layer's keys of the latest window (cross:
+    that image; casa: that image + the window's text). `pos` and `window` say where the stream stands."""
+
+    def __init__(self, n_layer):
+        self.layers = [{} for _ in range(n_layer)]
+        self.pos = 0
+        self.window = 0
+
+    def stats(self):
+        """Tokens cached (counted once, as the paper does: length of one layer's cache) and bytes (all layers)."""
+        self_tokens = len(self.layers[0]["self"]) if self.layers and "self" in self.layers[0] else 0
+        fusion_tokens = next((len(layer["fusion"]) for layer in self.layers if "fusion" in layer), 0)
+        nbytes = sum(kv.nbytes() for layer in self.layers for kv in layer.values())
+        return {"self_tokens": self_tokens, "fusion_tokens": fusion_tokens,
+                "tokens": self_tokens + fusion_tokens, "bytes": nbytes}
+
+
+class VLM(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(
+            Block(config.n_embd, config.n_head, config.rope_base,
+                  fusion=config.fusion if config.has_fusion_layer(i) else None,
+                  share_weights=config.share_weights, gate=config.gate)
+            for i in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("out_proj.weight", "down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        nn.init.normal_(self.vision.pos_emb, std=0.02)
+        for block in self.fusion_blocks():
+            block.start_fusion_from_self_attention()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def fusion_blocks(self):
+        return [block for block in self.blocks if block.fusion]
+
+    def load_pretrained(self, state_dict):
+        """Start from another casa model (e.g. adapt a trained insertion VLM into a CASA one): copy every tensor
+        the two share by name; fusion layers the source lacks start as copies of their block's self-attention.
+        Returns the names of the parameters that did not come from the source (train.py gives them their own LR)."""
+        own = self.state_dict()
+        shared = {name: t for name, t in state_dict.items() if name in own}
+        mismatched = [name for name, t in shared.items() if t.shape != own[name].shape]
+        if mismatched:
+            raise ValueError(f"the checkpoint's {mismatched[0]} has shape {tuple(shared[mismatched[0]].shape)}, "
+                             f"this model's {tuple(own[mismatched[0]].shape)}: model sizes differ")
+        self.load_state_dict(shared, strict=False)
+        for i, block in enumerate(self.blocks):
+            if block.fusion and f"blocks.{i}.norm2.weight" not in shared:
+                block.start_fusion_from_self_attention()
+        return [name for name, _ in self.named_parameters() if name not in shared]
+
+    def param_counts(self):
+        """Parameters per part; 'fusion' is what the cross/CASA layers add (only norms with share_weights)."""
+        counts = dict.fromkeys(("vision", "projector", "language_model", "fusion"), 0)
+        for name, p in self.named_parameters():  # tied weights are listed once
+            if name.startswith("vision.projector"):
+                part = "projector"
+            elif name.startswith("vision."):
+                part = "vision"
+            elif any(piece in name for piece in (".cross.", ".norm2.", ".gate")):
+                part = "fusion"
+            else:
+                part = "language_model"
+            counts[part] += p.numel()
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    def forward(self, idx, images=None, targets=None, cache=None):
+        """idx (B, T) token ids with image markers; images (n, 3, H, W) for the n markers, in order; targets
+        (B, T) next-token ids with -100 where no loss. With a cache, idx holds only the tokens since the last call
+        and every row must have its markers at the same places. Returns logits (B, T, vocab) and the loss."""
+        c = self.config
+        B, T = idx.shape
+        is_image = idx == c.image_token_id
+        n_markers, n_images = int(is_image.sum()), 0 if images is None else images.size(0)
+        if n_markers != n_images:
+            raise ValueError(f"the tokens hold {n_markers} image markers but {n_images} images were given")
+        if cache is not None and B > 1 and not bool((is_image == is_image[:1]).all()):
+            raise ValueError("cached decoding of a batch needs the image markers at the same places in every row")
+        start, first_win = (cache.pos, cache.window) if cache is not None else (0, 0)
+        win = first_win + is_image.long().cumsum(1)  # (B, T)
+        image_tokens = self.vision(images) if n_images else None  # (n, N, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if c.fusion == "insertion":
+            x, s, text_at = self.insert_images(x, image_tokens, is_image, start)
+        else:
+            s = Stream(start + torch.arange(T, device=idx.device).expand(B, T), win,
+                       *self.images_as_keys(image_tokens, is_image, start, win))
+        for i, block in enumerate(self.blocks):
+            x = block(x, s, cache.layers[i] if cache is not None else None)
+        if c.fusion == "insertion":
+            x = x.gather(1, text_at[..., None].expand(B, T, x.size(-1)))  # back to the text tokens (B, T, C)
+        if cache is not None:
+            cache.pos, cache.window = int(s.pos[0, -1]) + 1, int(win[0, -1])
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def insert_images(self, x, image_tokens, is_image, start):
+        """Insertion: each marker becomes the image's N tokens followed by the marker itself (which then reads as
+        "end of image"), so the image tokens are ordinary stream tokens: queries, keys, cached. Rows with fewer
+        images are right-padded; padding sits at a huge position, so no real token ever sees it."""
+        B, T, C = x.shape
+        N = self.config.image_tokens
+        text_at = (is_image.long() * N).cumsum(1) + torch.arange(T, device=x.device)  # (B, T) slot in the stream
+        length = text_at[:, -1] + 1  # (B,)
+        L = int(length.max())
+        stream = x.new_zeros(B, L, C)
+        stream[torch.arange(B, device=x.device)[:, None], text_at] = x
+        if image_tokens is not None:
+            b, t = is_image.nonzero(as_tuple=True)  # row-major: the order of the images
+            slots = text_at[b, t][:, None] - N + torch.arange(N, device=x.device)  # (n, N)
+            stream[b[:, None], slots] = image_tokens.to(stream.dtype)
+        slot = torch.arange(L, device=x.device).expand(B, L)
+        pos = torch.where(slot < length[:, None], start + slot, 2 ** 30)
+        return stream, Stream(pos, torch.zeros_like(pos), *self.images_as_keys(None, is_image, start, None)), text_at
+
+    def images_as_keys(self, image_tokens, is_image, start, win):
+        """Cross/CASA: lay each row's images out as keys (B, M*N, C), each at its marker's position and in the
+        window it opens. Rows with fewer images are padded with window -1, which no query belongs to."""
+        B, T = is_image.shape
+        N, C = self.config.image_tokens, self.config.n_embd
+        M = int(is_image.sum(1).max()) if image_tokens is not None else 0
+        tokens = self.tok_emb.weight.new_zeros(B, M, N, C)
+        pos = torch.zeros(B, M, dtype=torch.long, device=is_image.device)
+        image_win = torch.full_like(pos, -1)
+        if M:
+            b, t = is_image.nonzero(as_tuple=True)
+            j = is_image.long().cumsum(1)[b, t] - 1  # index of each image within its row
+            tokens[b, j] = image_tokens.to(tokens.dtype)
+            pos[b, j], image_win[b, j] = start + t, win[b, t]
+        return tokens.flatten(1, 2), pos.repeat_interleave(N, 1), image_win.repeat_interleave(N, 1)
+
+    # ------------------------------------------------------------------------------------------------ generation
+
+    def new_cache(self):
+        return KVCache(self.config.n_layer)
+
+    @torch.no_grad()
+    def generate(self, idx, images=None, max_new_tokens=32, temperature=0.0, top_k=None, stop_token=None,
+                 cache=None, use_cache=True, generator=None):
+        """Continue idx (B, T), which may hold image markers for `images`. temperature 0 = greedy.
+        With `cache` (a KVCache from new_cache()), idx holds only the tokens since the last call, so a streaming
+        step (append a frame, then generate) is one call: idx = [marker], images = the frame. Every emitted
+        token, the stop token included, is written into the cache. Without `use_cache` each step recomputes the
+        whole sequence (the reference the cache must match). Returns the new tokens (B, <= max_new_tokens);
+        rows that stopped early are padded with stop_token."""
+        if use_cache:
+            cache = self.new_cache() if cache is None else cache
+            logits = self(idx, images, cache=cache)[0][:, -1]
+        elif cache is not None:
+            raise ValueError("use_cache=False recomputes everything from scratch: pass no cache")
+        else:
+            seq = idx
+            logits = self(seq, images)[0][:, -1]
+        out, done = [], torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+        for i in range(max_new_tokens):
+            token = pick(logits, temperature, top_k, generator)  # (B, 1)
+            if stop_token is not None:
+                token = torch.where(done, stop_token, token)
+                done = done | (token == stop_token)
+            out.append(token)
+            if use_cache:  # write the token into the cache (the stop token too: it marks a frame's end)
+                logits = self(token, cache=cache)[0][:, -1]
+            elif i + 1 < max_new_tokens and not done.all():
+                seq = torch.cat([seq, token], 1)
+                logits = self(seq, images)[0][:, -1]
+            if done.all():
+                break
+        return torch.cat(out, 1) if out else idx[:, :0]
+
+
+def pick(logits, temperature=0.0, top_k=None, generator=None):
+    """Next token from logits (B, vocab): greedy at temperature 0, else sampled from the top_k most likely."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
