@@ -445,6 +445,7 @@ class VLM(nn.Module):
             logits = self(seq, images)[0][:, -1]
         out, done = [], torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
         for i in range(max_new_tokens):
+            logits[:, self.config.image_token_id] = float("-inf")  # the model writes text; images come from outside
             token = pick(logits, temperature, top_k, generator)  # (B, 1)
             if stop_token is not None:
                 token = torch.where(done, stop_token, token)
