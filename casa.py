@@ -42,6 +42,7 @@ class VLMConfig:
     cross_every: int = 2          # cross/casa: a fusion layer in every cross_every-th block (paper: 2)
     gate: bool = False            # cross only: Flamingo-style zero-initialised tanh gate on the fusion layer
     share_weights: bool = False   # cross/casa: fusion layer reuses its block's self-attention projections (D1)
+    block_wise: bool = True       # training: fusion attention per window; False = one dense mask (the reference)
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -182,15 +183,46 @@ class Stream:
     image_win: torch.Tensor   # (B, M*N) the window each image opens; -1 pads rows with fewer images
 
 
+def split_windows(h, s, n):
+    """Block-wise (varlen) fusion attention for training: regroup a batch so that every window becomes a row of
+    its own, holding its text and its image (n tokens). A row's mask is then (window text) x (n + window text)
+    instead of (T) x (all images + T): memory grows with the number of windows, not with its square.
+    Returns the regrouped h (G, L, C) and Stream, and (group, slot), each (B, T), to gather results back."""
+    B, T, C = h.shape
+    first = s.win[:, :1]
+    W = int((s.win - first).max()) + 1  # windows per row
+    rows = torch.arange(B, device=h.device)[:, None]
+    group = rows * W + (s.win - first)  # (B, T) the row each token moves to
+    t = torch.arange(T, device=h.device).expand(B, T)
+    opens = torch.ones_like(s.win, dtype=torch.bool)
+    opens[:, 1:] = s.win[:, 1:] != s.win[:, :-1]
+    slot = t - torch.where(opens, t, 0).cummax(1).values  # (B, T) index inside its window
+    G, L = B * W, int(slot.max()) + 1
+    h_w, pos_w = h.new_zeros(G, L, C), s.pos.new_zeros(G, L)
+    win_w = torch.full_like(pos_w, -2)  # padding: a window of its own that no real query or key belongs to
+    h_w[group, slot], pos_w[group, slot], win_w[group, slot] = h, s.pos, s.win
+    images, image_pos = h.new_zeros(G, n, C), s.pos.new_zeros(G, n)
+    image_win = torch.full_like(image_pos, -1)
+    M = s.images.size(1) // n
+    real = s.image_win[:, ::n] >= 0  # (B, M) images that are not padding
+    b, j = real.nonzero(as_tuple=True)
+    g = b * W + s.image_win[b, j * n] - first[b, 0]  # the window each image opens
+    images[g] = s.images.view(B, M, n, C)[b, j]
+    image_pos[g], image_win[g] = s.image_pos[b, j * n, None], s.image_win[b, j * n, None]
+    return h_w, Stream(pos_w, win_w, images, image_pos, image_win), (group, slot)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block. In an LM block with a fusion layer, that layer runs in parallel with the
     text self-attention, each with its own norm (paper's layout):
         h = x + SA(n1(x)) + FUSE(n2(x), images);   out = h + MLP(n3(h))
     Without a Stream (the ViT) every token sees every token."""
 
-    def __init__(self, dim, n_head, rope_base, fusion=None, share_weights=False, gate=False):
+    def __init__(self, dim, n_head, rope_base, fusion=None, share_weights=False, gate=False, block_wise=False,
+                 image_tokens=0):
         super().__init__()
         self.fusion, self.share_weights = fusion, share_weights
+        self.block_wise, self.image_tokens = block_wise, image_tokens
         self.norm1, self.attn = nn.RMSNorm(dim), Attention(dim, n_head, rope_base)
         if fusion:
             self.norm2 = nn.RMSNorm(dim)
@@ -225,6 +257,12 @@ class Block(nn.Module):
         """Cross-attention or CASA. Image tokens are keys only: never queries, never updated, never cached with
         the text. CASA places image keys at their marker's position, so with RoPE a query sees how far back its
         image is; plain cross-attention uses no positions at all."""
+        if cache is None and self.block_wise:  # training: same result, one small row per window (tested)
+            h_w, s_w, (group, slot) = split_windows(h, s, self.image_tokens)
+            return self.fuse_dense(h_w, s_w, None)[group, slot]
+        return self.fuse_dense(h, s, cache)
+
+    def fuse_dense(self, h, s, cache):
         layer = self.attn if self.share_weights else self.cross
         casa = self.fusion == "casa"
         kv = layer.kv(s.images, s.image_pos, s.image_win, rotate=casa)
@@ -297,7 +335,8 @@ class VLM(nn.Module):
         self.blocks = nn.ModuleList(
             Block(config.n_embd, config.n_head, config.rope_base,
                   fusion=config.fusion if config.has_fusion_layer(i) else None,
-                  share_weights=config.share_weights, gate=config.gate)
+                  share_weights=config.share_weights, gate=config.gate, block_wise=config.block_wise,
+                  image_tokens=config.image_tokens)
             for i in range(config.n_layer))
         self.norm = nn.RMSNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

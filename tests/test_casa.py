@@ -123,12 +123,12 @@ def test_stop_token_ends_generation_and_pads_rows():
 # ---------------------------------------------------------------------------------------------- locality
 
 def fusion_output(model, idx, images):
-    """The first fusion layer's output (B, T, C), caught with a hook (cross_every=1: its input is the embeddings,
-    so only the layer itself decides what it sees)."""
-    caught = []
-    handle = model.blocks[0].cross.register_forward_hook(lambda mod, args, out: caught.append(out))
+    """The first fusion layer's output (B, T, C), caught by wrapping Block.fuse (cross_every=1: its input is the
+    embeddings, so only the layer itself decides what it sees)."""
+    block, caught = model.blocks[0], []
+    block.fuse = lambda h, s, cache: caught.append(type(block).fuse(block, h, s, cache)) or caught[-1]
     model(idx, images)
-    handle.remove()
+    del block.fuse
     return caught[0]
 
 
@@ -137,9 +137,10 @@ def two_windows():
     return idx, images, 13
 
 
+@pytest.mark.parametrize("block_wise", [True, False])
 @pytest.mark.parametrize("fusion", ["cross", "casa"])
-def test_earlier_image_does_not_reach_later_window(fusion):
-    model = tiny(fusion, cross_every=1)
+def test_earlier_image_does_not_reach_later_window(fusion, block_wise):
+    model = tiny(fusion, cross_every=1, block_wise=block_wise)
     idx, images, second = two_windows()
     changed = images.clone()
     changed[0] = torch.rand(3, 16, 16)
@@ -148,8 +149,9 @@ def test_earlier_image_does_not_reach_later_window(fusion):
     assert not torch.allclose(before[:, 3:second], after[:, 3:second])  # the first window does see it
 
 
-def test_casa_earlier_window_text_does_not_reach_later_window():
-    model = tiny("casa", cross_every=1)
+@pytest.mark.parametrize("block_wise", [True, False])
+def test_casa_earlier_window_text_does_not_reach_later_window(block_wise):
+    model = tiny("casa", cross_every=1, block_wise=block_wise)
     idx, images, second = two_windows()
     changed = idx.clone()
     changed[0, 5:second] = (changed[0, 5:second] - MARK) % (VOCAB - MARK - 1) + MARK + 1  # other text, no marker
@@ -193,8 +195,9 @@ def test_text_before_first_image_is_finite(fusion, gate):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_cross_adds_exactly_zero_before_first_image():
-    model = tiny("cross", cross_every=1)
+@pytest.mark.parametrize("block_wise", [True, False])
+def test_cross_adds_exactly_zero_before_first_image(block_wise):
+    model = tiny("cross", cross_every=1, block_wise=block_wise)
     idx, images = sequence(1, length=20)  # marker at 3
     out = fusion_output(model, idx, images)
     assert torch.equal(out[:, :3], torch.zeros_like(out[:, :3]))
@@ -206,6 +209,26 @@ def test_gate_starts_closed():
     model = tiny("cross", gate=True)
     idx, images = sequence(2, length=20)
     torch.testing.assert_close(model(idx, images)[0], model(idx, torch.rand_like(images))[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fusion,share", [("cross", False), ("casa", False), ("casa", True)])
+def test_block_wise_equals_dense_reference(fusion, share):
+    """Training computes fusion attention one window at a time; values and gradients equal the dense mask's."""
+    (a, ia), (b, ib), (c, _) = sequence(1, seed=1), sequence(4, seed=2), sequence(0, seed=3)
+    b[0, 0] = MARK  # a row that opens with an image, and back-to-back images
+    b[0, 1] = MARK
+    idx, images = torch.cat([a, b, c]), torch.cat([ia, ib, torch.rand(2, 3, 16, 16)])
+    targets = torch.randint(MARK + 1, VOCAB, idx.shape)
+    results = []
+    for block_wise in (True, False):
+        model = tiny(fusion, share_weights=share, block_wise=block_wise, cross_every=1).train()
+        logits, loss = model(idx, images, targets)
+        loss.backward()
+        results.append((logits, {n: p.grad for n, p in model.named_parameters()}))
+    (windowed, grads_w), (dense, grads_d) = results
+    torch.testing.assert_close(windowed, dense, atol=1e-5, rtol=1e-5)
+    for name in grads_d:
+        torch.testing.assert_close(grads_w[name], grads_d[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------- cache sizes
