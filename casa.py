@@ -311,10 +311,18 @@ class KVCache:
     (text; plus image tokens under insertion) and 'fusion' the fusion layer's keys of the latest window (cross:
     that image; casa: that image + the window's text). `pos` and `window` say where the stream stands."""
 
-    def __init__(self, n_layer):
+    def __init__(self, n_layer, max_text=None):
         self.layers = [{} for _ in range(n_layer)]
         self.pos = 0
         self.window = 0
+        self.max_text = max_text
+
+    def trim(self):
+        """Rolling window: keep only the latest max_text self-attention keys, so that an endless stream needs
+        bounded memory. Positions keep counting up; RoPE only ever sees their differences."""
+        for layer in self.layers:
+            if self.max_text and "self" in layer and len(layer["self"]) > self.max_text:
+                layer["self"] = layer["self"].keep(slice(-self.max_text, None))
 
     def stats(self):
         """Tokens cached (counted once, as the paper does: length of one layer's cache) and bytes (all layers)."""
@@ -419,6 +427,7 @@ class VLM(nn.Module):
             x = x.gather(1, text_at[..., None].expand(B, T, x.size(-1)))  # back to the text tokens (B, T, C)
         if cache is not None:
             cache.pos, cache.window = int(s.pos[0, -1]) + 1, int(win[0, -1])
+            cache.trim()
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
@@ -462,8 +471,8 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ generation
 
-    def new_cache(self):
-        return KVCache(self.config.n_layer)
+    def new_cache(self, max_text=None):
+        return KVCache(self.config.n_layer, max_text)
 
     @torch.no_grad()
     def generate(self, idx, images=None, max_new_tokens=32, temperature=0.0, top_k=None, stop_token=None,

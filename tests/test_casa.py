@@ -317,3 +317,24 @@ def test_line_budget():
     assert len((root / "casa.py").read_text().splitlines()) <= 700
     for path in root.glob("*.py"):
         assert len(path.read_text().splitlines()) <= 800, path.name
+
+
+def test_rolling_window_bounds_the_cache():
+    """With max_text the self-attention cache keeps the latest keys only: casa's cached bytes stop growing,
+    while without it (and for insertion, whose frames are in the stream) they grow with every frame."""
+    frame = torch.rand(1, 3, 16, 16)
+    turn = torch.tensor([[MARK, 5, 6, 7]])
+    for fusion, max_text in [("casa", 16), ("casa", None), ("insertion", None)]:
+        model, sizes = tiny(fusion), []
+        cache = model.new_cache(max_text=max_text)
+        for _ in range(12):
+            model(turn, frame, cache=cache)
+            sizes.append(cache.stats()["bytes"])
+        steps = {b - a for a, b in zip(sizes[5:], sizes[6:])}
+        if max_text:
+            assert steps == {0} and cache.stats()["self_tokens"] == max_text
+            assert torch.isfinite(model(turn, frame, cache=cache)[0]).all()
+        else:
+            per_token = 2 * model.config.n_embd * 4 * model.config.n_layer
+            grows_by = 4 + (model.config.image_tokens if fusion == "insertion" else 0)
+            assert steps == {grows_by * per_token}
