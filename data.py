@@ -1,0 +1,657 @@
+"""
+Data for casa: procedurally generated images with questions and answers, plus your own images.
+
+Everything generated is deterministic: a (task, seed, size) triple always gives the same pixels
+and text, so the held-out set is simply a range of seeds that training never draws
+(training seeds are in [0, 2**31), held-out seeds start at 2**31).
+
+One conversation becomes one token sequence (see encode_conversation):
+    question turn:  <image> per image, <user> question <assistant> answer <eos>
+    video frame:    <image> answer <eos>      (no question: the model narrates every frame)
+The loss covers only the answer characters and their <eos>.
+
+Scenes hold 1-4 shapes on a dark, noisy background. Positions in answers use a 3x3 grid of the
+image: "top left", "top", "top right", "left", "center", "right", "bottom left", "bottom",
+"bottom right" (cell of the object's centre pixel).
+
+Look at samples with:  python data.py --out out-data --n 16
+"""
+
+import argparse
+import functools
+import json
+import math
+import random
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+TASKS = ("caption", "color", "shape", "count", "position", "relation", "reading", "multi_image")
+VIDEO_TASK = "video"
+FOLDER_TASK = "folder"  # conversations loaded from disk by load_folder
+CAPTION_QUESTION = "describe the image."
+
+
+class DataError(ValueError):
+    """A problem with data or arguments that the user can fix; the message is one line."""
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: one token per character, plus a few special tokens
+
+PUNCTUATION = ".,;:!?'\"-()/&%+#*=@"
+ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits + " " + PUNCTUATION
+SPECIALS = ("<pad>", "<eos>", "<image>", "<user>", "<assistant>")
+
+
+class Tokenizer:
+    """Character-level. Special tokens: <pad>=0, <eos>=1 (end of answer), <image>=2 (image marker),
+    <user>=3, <assistant>=4; then one id per alphabet character."""
+
+    def __init__(self, alphabet=ALPHABET):
+        if not alphabet or len(set(alphabet)) != len(alphabet):
+            raise DataError("tokenizer alphabet must be a non-empty string without repeated characters")
+        self.alphabet = alphabet
+        self.stoi = {c: i + len(SPECIALS) for i, c in enumerate(alphabet)}
+        self.itos = list(SPECIALS) + list(alphabet)
+        self.vocab_size = len(self.itos)
+        self.pad_id, self.eos_id, self.image_id, self.user_id, self.assistant_id = range(len(SPECIALS))
+        self.supported = f"letters, digits, space and {PUNCTUATION}" if alphabet == ALPHABET else repr(alphabet)
+
+    def encode(self, text):
+        """Plain text to ids. '<' and '>' are not in the alphabet, so text never spells a special token."""
+        bad = [c for c in dict.fromkeys(text) if c not in self.stoi]  # unique, in order of appearance
+        if bad:
+            listed = ", ".join(repr(c) for c in bad)
+            raise DataError(f"unsupported characters in text: {listed} (supported: {self.supported})")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        """Ids (list or tensor) to text; specials are shown as <eos>, <image>, ... and <pad> is dropped."""
+        ids = [int(i) for i in ids]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise DataError(f"token ids must be in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
+        return "".join(self.itos[i] for i in ids if i != self.pad_id)
+
+    def state(self):
+        # plain str/list only, so that torch.load(..., weights_only=True) accepts checkpoints holding it
+        return {"alphabet": self.alphabet, "specials": list(SPECIALS)}
+
+    @classmethod
+    def from_state(cls, state):
+        if not isinstance(state, dict) or state.get("specials") != list(SPECIALS):
+            raise DataError("tokenizer state does not match this version of data.py (different special tokens)")
+        return cls(state["alphabet"])
+
+
+# -----------------------------------------------------------------------------
+# scenes: sample a description (a plain dict), then draw it
+
+# Well separated colours: the closest pair (orange, yellow) is ~85 apart in RGB, far more than
+# the colour jitter and pixel noise added below, so the centre pixel always names the colour.
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 90, 230), "yellow": (240, 220, 40),
+    "purple": (150, 60, 210), "orange": (245, 135, 25), "white": (240, 240, 240), "cyan": (40, 215, 225),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+RADIUS = {"small": 0.1, "big": 0.16}  # half the object's extent, as a fraction of the image size
+WORDS = ("cat", "dog", "sun", "car", "hat", "box", "map", "cup", "key",
+         "fish", "bird", "tree", "moon", "boat", "cake")  # for the reading task, with 1-3 digit numbers
+GRID = (("top left", "top", "top right"),
+        ("left", "center", "right"),
+        ("bottom left", "bottom", "bottom right"))
+MIN_SIZE = 32  # below this the shapes and text are no longer recognisable
+SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixel keeps the pure colour
+COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
+NOISE = 4.0  # std of per-pixel noise, so that no pixel value is a shortcut
+BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from every object colour
+
+
+def _article(phrase):
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _jitter(rng, color):
+    return tuple(min(255, max(0, c + rng.randint(-COLOR_JITTER, COLOR_JITTER))) for c in COLORS[color])
+
+
+def _moved(o, x, y):
+    return {**o, "x": x, "y": y, "bbox": (x - o["r"], y - o["r"], x + o["r"], y + o["r"])}
+
+
+def _inside(box, size):
+    return box[0] >= 1 and box[1] >= 1 and box[2] <= size - 2 and box[3] <= size - 2
+
+
+def _apart(a, b, gap):
+    """True if boxes a and b (x0, y0, x1, y1) are at least gap pixels apart along some axis."""
+    return a[0] - b[2] >= gap or b[0] - a[2] >= gap or a[1] - b[3] >= gap or b[1] - a[3] >= gap
+
+
+def _place(rng, size, objects, text_box=None):
+    """A new random object that is fully visible and clear of the others, or None if none fits.
+    Every (colour, shape) pair appears at most once, so "the red circle" always names one object,
+    and centres differ by >= size/16 horizontally, so "left to right" captions are well defined."""
+    gap = max(2, size // 32)
+    for _ in range(100):
+        shape, color, size_name = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(tuple(RADIUS))
+        r = round(size * RADIUS[size_name])
+        o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color)}
+        o = _moved(o, rng.randint(r + 1, size - 2 - r), rng.randint(r + 1, size - 2 - r))
+        if any(p["shape"] == shape and p["color"] == color for p in objects):
+            continue
+        if all(_apart(o["bbox"], p["bbox"], gap) and abs(o["x"] - p["x"]) >= size // 16 for p in objects) \
+                and (text_box is None or _apart(o["bbox"], text_box, gap)):
+            return o
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size):
+    """Pillow's bundled font (works offline) for drawing at SS x an image of this size: 16 px at 64x64."""
+    return ImageFont.load_default(size=max(8, round(size / 4)) * SS)
+
+
+def sample_scene(rng, size, text=False, n_objects=None):
+    """Describe a random scene as a plain dict (draw it with draw_scene):
+    size, background {from, to, angle}, noise_seed, objects: list of {shape, color, size ('small'
+    or 'big'), x, y (centre pixel), r, bbox (x0, y0, x1, y1), rgb (the jittered colour drawn)},
+    and with text=True also text (1-3 digits or a short word) and text_bbox (its light box)."""
+    if not isinstance(size, int) or size < MIN_SIZE:
+        raise DataError(f"image size must be an integer >= {MIN_SIZE}, got {size!r}")
+    lo, hi = BG_RANGE
+    c0 = tuple(rng.randint(lo, hi) for _ in range(3))
+    c1 = c0 if rng.random() < 0.4 else tuple(rng.randint(lo, hi) for _ in range(3))  # flat or gradient
+    scene = {"size": size, "background": {"from": c0, "to": c1, "angle": rng.uniform(0, 2 * math.pi)},
+             "noise_seed": rng.randrange(2**32), "objects": []}
+    text_box = None
+    if text:
+        digits = "".join(rng.choice(string.digits) for _ in range(rng.randint(1, 3)))
+        scene["text"] = rng.choice(WORDS) if rng.random() < 0.5 else digits
+        left, top, right, bottom = _font(size).getbbox(scene["text"])
+        pad = max(2, size // 32)
+        w, h = math.ceil((right - left) / SS) + 2 * pad, math.ceil((bottom - top) / SS) + 2 * pad
+        x0, y0 = rng.randint(1, size - 2 - w), rng.randint(1, size - 2 - h)
+        text_box = scene["text_bbox"] = (x0, y0, x0 + w, y0 + h)
+    if n_objects is None:
+        n_objects = rng.randint(0, 2) if text else rng.randint(1, 4)
+    for _ in range(n_objects):
+        o = _place(rng, size, scene["objects"], text_box)
+        if o is None:
+            break  # too crowded: keep fewer objects (answers are computed from what was placed)
+        scene["objects"].append(o)
+    return scene
+
+
+def _polygon(shape, cx, cy, r):
+    """Corner points of a shape centred at (cx, cy) that fits in the square of half-width r."""
+    if shape == "square":
+        h = 0.8 * r
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]
+    if shape == "star":  # five points; a fat inner radius so small stars still read as stars
+        radii = [r if k % 2 == 0 else 0.45 * r for k in range(10)]
+        angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]
+        return [(cx + rr * math.cos(a), cy + rr * math.sin(a)) for rr, a in zip(radii, angles)]
+    if shape == "cross":
+        w = 0.33 * r
+        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w),
+                (cx + r, cy + w), (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r),
+                (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w)]
+    raise DataError(f"unknown shape {shape!r}")
+
+
+def draw_scene(scene):
+    """Render a scene dict from sample_scene to an RGB PIL image."""
+    size = scene["size"]
+    big = size * SS
+    bg = scene["background"]
+    u = np.arange(size, dtype=np.float32)
+    t = u[None, :] * math.cos(bg["angle"]) + u[:, None] * math.sin(bg["angle"])  # position along the gradient
+    t = (t - t.min()) / (t.max() - t.min())
+    c0, c1 = np.array(bg["from"], np.float32), np.array(bg["to"], np.float32)
+    img = Image.fromarray((c0 + t[..., None] * (c1 - c0)).astype(np.uint8))
+    img = img.resize((big, big), Image.Resampling.NEAREST)  # the background is smooth: no need to compute it at 4x
+    draw = ImageDraw.Draw(img)
+    if "text" in scene:
+        x0, y0, x1, y1 = scene["text_bbox"]
+        draw.rectangle((x0 * SS, y0 * SS, x1 * SS - 1, y1 * SS - 1), fill=(235, 235, 225))
+        font = _font(size)
+        left, top, right, bottom = font.getbbox(scene["text"])
+        tx = (x0 + x1) * SS / 2 - (left + right) / 2  # centre the ink in the box
+        ty = (y0 + y1) * SS / 2 - (top + bottom) / 2
+        draw.text((tx, ty), scene["text"], font=font, fill=(20, 20, 30))
+    for o in scene["objects"]:
+        cx, cy, r = (o["x"] + 0.5) * SS, (o["y"] + 0.5) * SS, o["r"] * SS  # pixel x spans [x, x+1)
+        if o["shape"] == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=o["rgb"])
+        else:
+            draw.polygon(_polygon(o["shape"], cx, cy, r), fill=o["rgb"])
+    img = img.reduce(SS)
+    noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, NOISE, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).round().astype(np.uint8))
+
+
+def render_scene(seed, size=64, text=False):
+    """A random scene for this seed: (RGB image of size x size, description dict; see sample_scene)."""
+    scene = sample_scene(random.Random(seed), size, text=text)
+    return draw_scene(scene), scene
+
+
+# -----------------------------------------------------------------------------
+# conversations: questions with short, exact answers about generated scenes
+
+@dataclass
+class Turn:
+    images: list  # PIL.Image.Image (RGB), 0 or more, shown before the question
+    question: str | None  # None = bare streaming turn (video): no <user>/<assistant> separators
+    answer: str
+
+
+@dataclass
+class Conversation:
+    task: str
+    turns: list  # of Turn
+    scenes: list = field(default_factory=list)  # description of every generated image in order ([] from disk)
+
+
+def _cell(o, size):
+    return GRID[min(2, 3 * o["y"] // size)][min(2, 3 * o["x"] // size)]
+
+
+def _clear_cell(o, size):
+    """Is the centre >= size/32 px from every grid line? (Questions near a line would be coin flips.)"""
+    return all(abs(v - size * k / 3) >= size / 32 for v in (o["x"], o["y"]) for k in (1, 2))
+
+
+def _unique(objects, key, o):
+    return sum(p[key] == o[key] for p in objects) == 1
+
+
+def _name(o, objects):
+    """The shortest unambiguous name: 'circle' if it is the only circle, else 'red circle'."""
+    return o["shape"] if _unique(objects, "shape", o) else f"{o['color']} {o['shape']}"
+
+
+def _list(phrases):
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _question(task, scene, rng):
+    """(question, answer) about one scene for a single-image task, or None if the scene doesn't allow
+    an unambiguous one (e.g. no shape that occurs only once, for the color question)."""
+    objects, size = scene["objects"], scene["size"]
+    if task == "caption":
+        left_to_right = sorted(objects, key=lambda o: o["x"])
+        return CAPTION_QUESTION, _list([f"a {o['size']} {o['color']} {o['shape']}" for o in left_to_right])
+    if task == "count":
+        return "how many shapes are there?", str(len(objects))
+    if task == "reading":
+        return "what is written?", scene["text"]
+    if task == "color":
+        candidates = [o for o in objects if _unique(objects, "shape", o)]
+    elif task == "shape":
+        candidates = [o for o in objects if _unique(objects, "color", o)]
+    elif task == "position":
+        candidates = [o for o in objects if _clear_cell(o, size)]
+    elif task == "relation":
+        axis = rng.choice("xy")
+        candidates = [(a, b) for a in objects for b in objects if abs(a[axis] - b[axis]) > size / 8]
+    else:
+        raise DataError(f"no single-image question for task {task!r}")
+    if not candidates:
+        return None
+    o = rng.choice(candidates)
+    if task == "color":
+        return f"what color is the {o['shape']}?", o["color"]
+    if task == "shape":
+        return f"what shape is the {o['color']} one?", o["shape"]
+    if task == "position":
+        return f"where is the {o['color']} {o['shape']}?", _cell(o, size)
+    a, b = o  # relation: the word is drawn independently of the pair, so yes/no are equally likely
+    word = rng.choice(("left of", "right of") if axis == "x" else ("above", "below"))
+    holds = (a[axis] < b[axis]) == (word in ("left of", "above"))  # y grows downwards
+    return f"is the {_name(a, objects)} {word} the {_name(b, objects)}?", "yes" if holds else "no"
+
+
+MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
+
+
+def make_conversation(task, seed, size=64):
+    """A conversation for one of TASKS (or VIDEO_TASK, see make_clip); deterministic for (task, seed, size).
+    multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only."""
+    if task == VIDEO_TASK:
+        return make_clip(seed, size)
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS + (VIDEO_TASK,))})")
+    rng = random.Random(f"{task}:{seed}")  # str seeds hash with sha512: stable across runs and machines
+    turns, scenes = [], []
+    for _ in range(rng.randint(2, 4) if task == "multi_image" else 1):
+        kind = rng.choice(MULTI_IMAGE_QUESTIONS) if task == "multi_image" else task
+        qa = None
+        while qa is None:  # a fresh scene until it supports the question: one or two tries in practice
+            scene = sample_scene(rng, size, text=kind == "reading")
+            qa = _question(kind, scene, rng)
+        turns.append(Turn([draw_scene(scene)], *qa))
+        scenes.append(scene)
+    return Conversation(task, turns, scenes)
+
+
+def _video_step(rng, objects, size):
+    """One frame of change: (the new objects, a caption of what happened). Exactly one thing changes
+    per frame (or nothing), so the caption is complete and can be checked against the pixels."""
+    step = max(2, size // 16)
+    moves = []  # (index, moved object, direction) for every move that stays inside and clear of the others
+    for i, o in enumerate(objects):
+        others = objects[:i] + objects[i + 1:]
+        for word, dx, dy in (("left", -step, 0), ("right", step, 0), ("up", 0, -step), ("down", 0, step)):
+            m = _moved(o, o["x"] + dx, o["y"] + dy)
+            if _inside(m["bbox"], size) and all(_apart(m["bbox"], p["bbox"], 1) for p in others):
+                moves.append((i, m, word))
+    new = _place(rng, size, objects) if len(objects) < 3 else None
+    weights = {"move": 5 if moves else 0, "recolor": 2, "appear": 1.5 if new else 0,
+               "disappear": 1 if len(objects) > 1 else 0, "still": 1.5}
+    event = rng.choices(list(weights), weights=list(weights.values()))[0]
+    if event == "still":
+        return objects, "nothing moves"
+    if event == "appear":
+        return objects + [new], _article(f"{new['color']} {new['shape']} appears")
+    if event == "move":
+        i, changed, word = rng.choice(moves)
+        what = f"moves {word}"
+    elif event == "recolor":
+        i = rng.randrange(len(objects))
+        taken = {p["color"] for p in objects if p["shape"] == objects[i]["shape"]}  # keep (colour, shape) unique
+        color = rng.choice([c for c in COLORS if c not in taken])
+        changed, what = {**objects[i], "color": color, "rgb": _jitter(rng, color)}, f"turns {color}"
+    else:  # disappear
+        i = rng.randrange(len(objects))
+        changed, what = None, "disappears"
+    o = objects[i]
+    return objects[:i] + ([changed] if changed else []) + objects[i + 1:], f"the {o['color']} {o['shape']} {what}"
+
+
+def make_clip(seed, size=64, n_frames=None):
+    """A video (task "video"): one Turn per frame with question None and a caption as the answer.
+    Frame 0 names the 1-2 objects left to right ("a red circle and a blue star"); every later frame
+    says what changed: "the red circle moves left", "a blue square appears", "the green star turns
+    yellow", "the red circle disappears" or "nothing moves". Objects move size/16 px per frame."""
+    rng = random.Random(f"{VIDEO_TASK}:{seed}")
+    if n_frames is None:
+        n_frames = rng.randint(8, 64)
+    if not isinstance(n_frames, int) or n_frames < 1:
+        raise DataError(f"n_frames must be a positive integer, got {n_frames!r}")
+    scene = sample_scene(rng, size, n_objects=rng.randint(1, 2))
+    objects = scene["objects"]
+    turns, scenes = [], []
+    for f in range(n_frames):
+        if f == 0:
+            left_to_right = sorted(objects, key=lambda o: o["x"])
+            caption = _list([_article(f"{o['color']} {o['shape']}") for o in left_to_right])
+        else:
+            objects, caption = _video_step(rng, objects, size)
+        frame = {**scene, "objects": objects, "noise_seed": rng.randrange(2**32)}  # fresh noise every frame
+        turns.append(Turn([draw_scene(frame)], None, caption))
+        scenes.append(frame)
+    return Conversation(VIDEO_TASK, turns, scenes)
+
+
+# -----------------------------------------------------------------------------
+# seeds: training and held-out conversations never share a seed
+
+EVAL_SEED0 = 2**31  # training seeds are in [0, EVAL_SEED0), held-out seeds are EVAL_SEED0 + i
+
+
+def train_seed(rng):
+    return rng.randrange(EVAL_SEED0)
+
+
+def eval_conversations(n_per_task, size, tasks=TASKS):
+    """The fixed held-out set: n_per_task conversations of every task, in task order."""
+    return [make_conversation(task, EVAL_SEED0 + i, size) for task in tasks for i in range(n_per_task)]
+
+
+def sample_conversations(rng, n, size, tasks=TASKS):
+    """n fresh training conversations, each of a uniformly drawn task."""
+    return [make_conversation(rng.choice(tasks), train_seed(rng), size) for _ in range(n)]
+
+
+# -----------------------------------------------------------------------------
+# encoding and batching
+
+def encode_conversation(tok, conv):
+    """(ids, targets) of one conversation. targets[i] is the token that must follow ids[i] when that
+    token is an answer character or an answer's <eos>, else -100 (no loss)."""
+    if not conv.turns:
+        raise DataError(f"a {conv.task!r} conversation has no turns")
+    ids, is_answer = [], []
+    for turn in conv.turns:
+        prompt = [tok.image_id] * len(turn.images)
+        if turn.question is not None:
+            prompt += [tok.user_id] + tok.encode(turn.question) + [tok.assistant_id]
+        answer = tok.encode(turn.answer) + [tok.eos_id]
+        ids += prompt + answer
+        is_answer += [False] * len(prompt) + [True] * len(answer)
+    targets = [ids[i + 1] if is_answer[i + 1] else -100 for i in range(len(ids) - 1)] + [-100]
+    return ids, targets
+
+
+def to_tensor(img):
+    """PIL image -> (3, H, W) float32 tensor in [0, 1]."""
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float().div(255).contiguous()
+
+
+@dataclass
+class Batch:
+    idx: torch.Tensor  # (B, T) long, right-padded with pad_id
+    targets: torch.Tensor  # (B, T) long, -100 where no loss; targets[b, i] must follow idx[b, i]
+    images: torch.Tensor  # (n, 3, S, S) float in [0, 1]: all images in order of their <image> markers, row by row
+    last_answer: torch.Tensor  # (B, T) bool: target positions of the last turn's answer and its <eos>
+    tasks: list  # task name of every row
+
+
+def collate(convs, tok, size, blank_images=False):
+    """Pad conversations into a Batch. blank_images=True replaces every image by the same uniform
+    mid-gray image: the "blind" baseline that shows how much of the answers the text alone gives."""
+    if not convs:
+        raise DataError("cannot collate an empty list of conversations")
+    rows = [encode_conversation(tok, c) for c in convs]
+    T = max(len(ids) for ids, _ in rows)
+    idx = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), -100, dtype=torch.long)
+    last_answer = torch.zeros((len(rows), T), dtype=torch.bool)
+    for b, (ids, tgt) in enumerate(rows):
+        idx[b, :len(ids)] = torch.tensor(ids)
+        targets[b, :len(tgt)] = torch.tensor(tgt)
+        # the last turn's answer and <eos> are the final n tokens; their targets sit one position earlier
+        n = len(tok.encode(convs[b].turns[-1].answer)) + 1
+        last_answer[b, len(ids) - 1 - n:len(ids) - 1] = True
+    images = [img for c in convs for turn in c.turns for img in turn.images]
+    for img in images:
+        if img.size != (size, size):
+            w, h = img.size
+            raise DataError(f"image is {w}x{h}, expected {size}x{size} (load it with load_image(path, {size}))")
+    if blank_images:
+        pixels = torch.full((len(images), 3, size, size), 128 / 255)
+    elif images:
+        pixels = torch.stack([to_tensor(img) for img in images])
+    else:
+        pixels = torch.zeros((0, 3, size, size))
+    return Batch(idx, targets, pixels, last_answer, [c.task for c in convs])
+
+
+# -----------------------------------------------------------------------------
+# bring your own data
+
+GRAY = (128, 128, 128)
+
+
+def load_image(path, size):
+    """Read an image file as an RGB image of size x size.
+
+    Any format Pillow reads. EXIF orientation is applied; transparency is composited over mid-gray;
+    16-bit grayscale is scaled (not clipped) to 8 bits. Resize policy: LETTERBOX, i.e. keep the
+    aspect ratio, fit the whole image inside size x size with high-quality (Lanczos) resampling and
+    pad the rest with mid-gray (128, 128, 128); nothing is cropped. Big JPEGs are decoded at reduced
+    scale (draft mode), so a 6000x6000 photo loads quickly."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    if path.is_dir():
+        raise DataError(f"cannot read image {path}: it is a directory")
+    if path.stat().st_size == 0:
+        raise DataError(f"cannot read image {path}: the file is empty")
+    # Pillow reports corrupt files with many exception types (OSError, SyntaxError, ValueError,
+    # struct.error, DecompressionBombError, ...), so everything raised while decoding is caught here.
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, still >= size
+            img.load()  # decode now, inside the try: a truncated file fails here, not later
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "I" or img.mode.startswith("I;16"):
+                # convert("L") would clip 16-bit values to 255, turning most of the image white
+                img = Image.fromarray(np.clip(np.asarray(img, np.float64) / 257, 0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                img = Image.alpha_composite(Image.new("RGBA", img.size, GRAY + (255,)), img.convert("RGBA"))
+            img = img.convert("RGB")
+    except Exception as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"cannot read image {path}: {reason}") from None
+    scale = size / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    img = img.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast box pre-shrink
+    canvas = Image.new("RGB", (size, size), GRAY)
+    canvas.paste(img, ((size - w) // 2, (size - h) // 2))
+    return canvas
+
+
+JSONL_EXAMPLE = '{"image": "cat.png", "question": "what is it?", "answer": "a cat"}'
+
+
+def load_folder(folder, size=64):
+    """Conversations (task "folder") from FOLDER/data.jsonl, one JSON object per line:
+        {"image": "relative/path.png", "question": "...", "answer": "..."}
+    Without a question (or with null) the question is "describe the image.". Blank lines are
+    skipped. Every line is checked before any image is decoded, so mistakes are reported quickly,
+    each as a DataError naming the file and line. Images are loaded with load_image(path, size)."""
+    folder = Path(folder)
+    index = folder / "data.jsonl"
+    if not folder.is_dir():
+        raise DataError(f"no such folder: {folder}")
+    if not index.is_file():
+        raise DataError(f"no such file: {index} (expected one JSON object per line, like {JSONL_EXAMPLE})")
+    try:
+        lines = index.read_text(encoding="utf-8-sig").splitlines()  # -sig: tolerate a BOM from Windows editors
+    except UnicodeDecodeError:
+        raise DataError(f"{index} is not UTF-8 text") from None
+    tok = Tokenizer()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{index}, line {lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object like {JSONL_EXAMPLE}")
+        unknown = sorted(set(row) - {"image", "question", "answer"})
+        if unknown:  # most likely a typo, which would otherwise silently turn a question into a caption
+            raise DataError(f"{where}: unknown key {unknown[0]!r} (allowed: image, question, answer)")
+        for key in ("image", "question", "answer"):
+            value = row.get(key)
+            if key == "question" and value is None:
+                continue  # no question: a caption
+            if not isinstance(value, str) or not value.strip():
+                what = "missing" if value is None else "empty" if isinstance(value, str) else f"{value!r}"
+                raise DataError(f"{where}: {key!r} is {what}, expected a non-empty string")
+        question = row.get("question") or CAPTION_QUESTION
+        path = folder / row["image"]
+        if not path.is_file():
+            raise DataError(f"{where}: no such image file: {path}")
+        try:
+            tok.encode(question)
+            tok.encode(row["answer"])
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+        rows.append((where, path, question, row["answer"]))
+    if not rows:
+        raise DataError(f"{index} has no examples")
+    convs = []
+    for where, path, question, answer in rows:
+        try:
+            img = load_image(path, size)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+        convs.append(Conversation(FOLDER_TASK, [Turn([img], question, answer)]))
+    return convs
+
+
+# -----------------------------------------------------------------------------
+# command line: write sample conversations to look at
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _sheet(images, cols=8):
+    """All images of a conversation in one picture: left to right, in rows of `cols`, 2 px apart."""
+    w, h = images[0].size
+    cols = min(cols, len(images))
+    rows = math.ceil(len(images) / cols)
+    sheet = Image.new("RGB", (cols * (w + 2) - 2, rows * (h + 2) - 2), (255, 255, 255))
+    for k, img in enumerate(images):
+        sheet.paste(img, ((k % cols) * (w + 2), (k // cols) * (h + 2)))
+    return sheet
+
+
+def main(argv=None):
+    p = _Parser(prog="data.py", description="Write sample conversations: DIR/NNN_task.png (all images of a "
+                "conversation, left to right in rows of 8) and DIR/conversations.txt (the text).")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--n", type=int, default=16, help="number of conversations (default 16)")
+    p.add_argument("--size", type=int, default=64, help=f"image size in pixels, >= {MIN_SIZE} (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--task", default="all", choices=TASKS + (VIDEO_TASK, "all"),
+                   help="task to sample, or all to cycle through every task (default all)")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error(f"--n must be >= 1, got {args.n}")
+    if args.size < MIN_SIZE:
+        p.error(f"--size must be >= {MIN_SIZE}, got {args.size}")
+    tasks = TASKS + (VIDEO_TASK,) if args.task == "all" else (args.task,)
+    rng = random.Random(args.seed)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        listing = []
+        for i in range(args.n):
+            task = tasks[i % len(tasks)]
+            conv = make_conversation(task, train_seed(rng), args.size)
+            images = [img for turn in conv.turns for img in turn.images]
+            name = f"{i:03d}_{task}.png"
+            _sheet(images).save(out / name)
+            listing.append(f"{i:03d} {task}: {name} ({len(images)} image{'s' * (len(images) > 1)})")
+            for k, turn in enumerate(conv.turns):
+                if turn.question is None:
+                    listing.append(f"  frame {k}: {turn.answer}")
+                else:
+                    listing.append(f"  Q: {turn.question}  A: {turn.answer}")
+        (out / "conversations.txt").write_text("\n".join(listing) + "\n")
+    except (DataError, OSError) as e:
+        sys.exit(f"data.py: error: {e}")
+    print(f"wrote {args.n} conversations to {out} (see {out / 'conversations.txt'})")
+
+
+if __name__ == "__main__":
+    main()

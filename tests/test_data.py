@@ -1,0 +1,461 @@
+"""Tests for data.py: exact checks, fast (a few seconds)."""
+
+import json
+import re
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anything
+
+from data import (  # noqa: E402
+    ALPHABET, COLORS, EVAL_SEED0, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn, collate,
+    draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
+    main, make_conversation, render_scene, sample_conversations, to_tensor, train_seed,
+)
+
+GRAY = (128, 128, 128)
+
+
+def fingerprint(conv):
+    return conv.task, [(t.question, t.answer, [im.tobytes() for im in t.images]) for t in conv.turns]
+
+
+def nearest_color(rgb):
+    return min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], rgb)))
+
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+def test_tokenizer_round_trip():
+    tok = Tokenizer()
+    assert (tok.pad_id, tok.eos_id, tok.image_id, tok.user_id, tok.assistant_id) == (0, 1, 2, 3, 4)
+    assert tok.vocab_size == 5 + len(ALPHABET)
+    ids = tok.encode(ALPHABET)
+    assert ids == list(range(5, tok.vocab_size))
+    assert tok.decode(ids) == ALPHABET
+    assert tok.decode(torch.tensor(tok.encode('Hi, "you" (42%)!'))) == 'Hi, "you" (42%)!'
+    ids = [tok.image_id, tok.user_id, *tok.encode("q?"), tok.assistant_id, *tok.encode("a"), tok.eos_id, tok.pad_id]
+    assert tok.decode(ids) == "<image><user>q?<assistant>a<eos>"
+    with pytest.raises(DataError):  # '<' is not in the alphabet: text can never spell a special token
+        tok.encode("<eos>")
+    with pytest.raises(DataError, match="token ids must be in"):
+        tok.decode([tok.vocab_size])
+
+
+def test_tokenizer_state_round_trip(tmp_path):
+    for tok in (Tokenizer(), Tokenizer("abc ")):
+        torch.save({"tokenizer": tok.state()}, tmp_path / "ckpt.pt")
+        state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["tokenizer"]
+        tok2 = Tokenizer.from_state(state)
+        assert tok2.vocab_size == tok.vocab_size and tok2.encode("cab a") == tok.encode("cab a")
+    with pytest.raises(DataError):
+        Tokenizer.from_state({"alphabet": "abc"})
+    with pytest.raises(DataError):
+        Tokenizer("abca")
+
+
+def test_unsupported_characters_are_named():
+    with pytest.raises(DataError) as e:
+        Tokenizer().encode("café costs 5€, é\nok")
+    msg = str(e.value)
+    assert msg.startswith("unsupported characters in text: 'é', '€', '\\n' (supported: letters, digits, space")
+    assert "\n" not in msg
+
+
+# -----------------------------------------------------------------------------
+# scenes, conversations and clips
+
+def test_render_scene_is_deterministic():
+    img, scene = render_scene(123)
+    img2, scene2 = render_scene(123)
+    assert img.mode == "RGB" and img.size == (64, 64)
+    assert img.tobytes() == img2.tobytes() and scene == scene2
+    assert render_scene(124)[0].tobytes() != img.tobytes()
+    assert render_scene(123, size=96)[0].size == (96, 96)
+    with pytest.raises(DataError, match="size"):
+        render_scene(1, size=8)
+
+
+@pytest.mark.parametrize("task", TASKS + (VIDEO_TASK,))
+def test_make_conversation_is_deterministic(task):
+    a, b, c = make_conversation(task, 5), make_conversation(task, 5), make_conversation(task, 6)
+    assert a.task == task
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(c)
+
+
+def test_unknown_task():
+    with pytest.raises(DataError, match="unknown task 'colour'"):
+        make_conversation("colour", 0)
+
+
+def test_scene_pixels_match_description():
+    for seed in range(60):
+        img, scene = render_scene(seed, text=seed % 3 == 0)
+        px = np.asarray(img).astype(int)
+        objects = scene["objects"]
+        assert 1 <= len(objects) <= 4 or "text" in scene
+        for o in objects:
+            x0, y0, x1, y1 = o["bbox"]
+            assert 0 <= x0 and 0 <= y0 and x1 < 64 and y1 < 64  # fully visible
+            assert nearest_color(px[o["y"], o["x"]]) == o["color"]
+        for i, a in enumerate(objects):
+            for b in objects[i + 1:]:
+                assert (a["color"], a["shape"]) != (b["color"], b["shape"])
+                ax0, ay0, ax1, ay1 = a["bbox"]
+                bx0, by0, bx1, by1 = b["bbox"]
+                assert ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0  # no overlap
+        # the background corner is far from every object colour
+        covered = [o["bbox"] for o in objects] + ([scene["text_bbox"]] if "text" in scene else [])
+        for x, y in ((0, 0), (63, 0), (0, 63), (63, 63)):
+            if not any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in covered):
+                assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60
+        if "text" in scene:
+            x0, y0, x1, y1 = scene["text_bbox"]
+            box = px[y0:y1, x0:x1].mean(axis=2)
+            assert box.max() > 200 and box.min() < 80  # dark ink on a light box
+
+
+def check_answer(question, answer, scene):
+    """Recompute the answer to a generated question from the scene description."""
+    objects, size = scene["objects"], scene["size"]
+
+    def find(name):
+        words = name.split()
+        found = [o for o in objects if o["shape"] == words[-1] and (len(words) == 1 or o["color"] == words[0])]
+        assert len(found) == 1, f"{name!r} is ambiguous or missing"
+        return found[0]
+
+    if question == "describe the image.":
+        parts = [f"a {o['size']} {o['color']} {o['shape']}" for o in sorted(objects, key=lambda o: o["x"])]
+        assert answer == (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+    elif question == "how many shapes are there?":
+        assert answer == str(len(objects)) and 1 <= len(objects) <= 4
+    elif question == "what is written?":
+        assert answer == scene["text"] and re.fullmatch(r"[a-z]{3,4}|[0-9]{1,3}", answer)
+    elif m := re.fullmatch(r"what color is the (\w+)\?", question):
+        assert answer == find(m[1])["color"]
+    elif m := re.fullmatch(r"what shape is the (\w+) one\?", question):
+        (o,) = [o for o in objects if o["color"] == m[1]]
+        assert answer == o["shape"]
+    elif m := re.fullmatch(r"where is the (\w+ \w+)\?", question):
+        o = find(m[1])
+        row = ("top", "", "bottom")[o["y"] * 3 // size]
+        col = ("left", "", "right")[o["x"] * 3 // size]
+        assert answer == (f"{row} {col}".strip() or "center")
+    elif m := re.fullmatch(r"is the (.+) (left of|right of|above|below) the (.+)\?", question):
+        a, b = find(m[1]), find(m[3])
+        axis = "x" if m[2] in ("left of", "right of") else "y"
+        assert abs(a[axis] - b[axis]) > size / 8  # only clear relations are asked
+        truth = {"left of": a["x"] < b["x"], "right of": a["x"] > b["x"],
+                 "above": a["y"] < b["y"], "below": a["y"] > b["y"]}
+        assert answer == ("yes" if truth[m[2]] else "no")
+    else:
+        raise AssertionError(f"unexpected question {question!r}")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_answers_match_scenes(task):
+    for seed in range(25):
+        conv = make_conversation(task, seed)
+        assert len(conv.turns) == len(conv.scenes)
+        assert 2 <= len(conv.turns) <= 4 if task == "multi_image" else len(conv.turns) == 1
+        for turn, scene in zip(conv.turns, conv.scenes):
+            assert len(turn.images) == 1 and turn.images[0].tobytes() == draw_scene(scene).tobytes()
+            assert len(turn.question) < 50 and len(turn.answer) < 100
+            check_answer(turn.question, turn.answer, scene)
+            if task == "multi_image":
+                assert re.match(r"what color|what shape|how many|where", turn.question)
+            m = re.fullmatch(r"what color is the (\w+)\?", turn.question)
+            if m:  # the pixel at the centre of the object shows the answer colour
+                (o,) = [o for o in scene["objects"] if o["shape"] == m[1]]
+                assert nearest_color(turn.images[0].getpixel((o["x"], o["y"]))) == turn.answer
+
+
+def test_relation_answers_are_balanced():
+    answers = [make_conversation("relation", s).turns[0].answer for s in range(200)]
+    assert 70 < answers.count("yes") < 130
+
+
+def test_clip_captions_match_frames():
+    events = set()
+    for seed in range(8):
+        clip = make_clip(seed)
+        assert clip.task == VIDEO_TASK and 8 <= len(clip.turns) <= 64 and len(clip.scenes) == len(clip.turns)
+        for f, (turn, scene) in enumerate(zip(clip.turns, clip.scenes)):
+            assert turn.question is None and len(turn.images) == 1 and len(turn.answer) < 40
+            img = turn.images[0]
+            for o in scene["objects"]:
+                assert nearest_color(img.getpixel((o["x"], o["y"]))) == o["color"]
+            now = {(o["color"], o["shape"]): o for o in scene["objects"]}
+            cap = turn.answer
+            if f == 0:
+                names = [f"{o['color']} {o['shape']}" for o in sorted(scene["objects"], key=lambda o: o["x"])]
+                assert cap == " and ".join(("an " if n[0] in "aeiou" else "a ") + n for n in names)
+                before = now
+                continue
+            if m := re.fullmatch(r"the (\w+) (\w+) moves (left|right|up|down)", cap):
+                o, p = now[m[1], m[2]], before[m[1], m[2]]
+                step = {"left": (-4, 0), "right": (4, 0), "up": (0, -4), "down": (0, 4)}[m[3]]
+                assert (o["x"] - p["x"], o["y"] - p["y"]) == step
+                changed = {(m[1], m[2])}
+            elif m := re.fullmatch(r"the (\w+) (\w+) turns (\w+)", cap):
+                o, p = now[m[3], m[2]], before[m[1], m[2]]
+                assert (m[3], m[2]) not in before and (o["x"], o["y"]) == (p["x"], p["y"])
+                changed = {(m[1], m[2]), (m[3], m[2])}
+            elif m := re.fullmatch(r"an? (\w+) (\w+) appears", cap):
+                assert (m[1], m[2]) in now and (m[1], m[2]) not in before
+                changed = {(m[1], m[2])}
+            elif m := re.fullmatch(r"the (\w+) (\w+) disappears", cap):
+                assert (m[1], m[2]) in before and (m[1], m[2]) not in now
+                changed = {(m[1], m[2])}
+            else:
+                assert cap == "nothing moves"
+                changed = set()
+            events.add(cap.split()[-1] if m else "still")
+            for key in set(now) | set(before):  # nothing else changed
+                if key not in changed:
+                    assert now[key]["x"] == before[key]["x"] and now[key]["y"] == before[key]["y"]
+            before = now
+    assert events >= {"left", "right", "up", "down", "appears", "disappears", "still"}
+    assert len(make_clip(3, n_frames=10).turns) == 10
+    with pytest.raises(DataError):
+        make_clip(3, n_frames=0)
+
+
+# -----------------------------------------------------------------------------
+# encoding and batching
+
+def test_encode_conversation_layout():
+    tok = Tokenizer()
+    img = Image.new("RGB", (64, 64))
+    conv = Conversation("x", [Turn([img, img], "hi?", "ok"), Turn([img], None, "go")])
+    ids, targets = encode_conversation(tok, conv)
+    c = tok.stoi
+    assert ids == [2, 2, 3, c["h"], c["i"], c["?"], 4, c["o"], c["k"], 1, 2, c["g"], c["o"], 1]
+    assert targets == [-100] * 6 + [c["o"], c["k"], 1, -100, c["g"], c["o"], 1, -100]
+    batch = collate([conv], tok, 64)
+    assert batch.last_answer[0].nonzero().flatten().tolist() == [10, 11, 12]
+
+
+def test_collate_every_task():
+    tok = Tokenizer()
+    convs = [make_conversation(t, 11) for t in TASKS] + [make_clip(2, n_frames=6)]
+    b = collate(convs, tok, 64)
+    lengths = [len(encode_conversation(tok, c)[0]) for c in convs]
+    B, T = len(convs), max(lengths)
+    assert b.idx.shape == b.targets.shape == b.last_answer.shape == (B, T)
+    assert b.idx.dtype == b.targets.dtype == torch.long and b.last_answer.dtype == torch.bool
+    assert b.tasks == list(TASKS) + [VIDEO_TASK]
+    all_images = [im for c in convs for t in c.turns for im in t.images]
+    assert b.images.shape == (len(all_images), 3, 64, 64) and b.images.dtype == torch.float32
+    assert (b.idx == tok.image_id).sum() == len(all_images)
+    for k, im in enumerate(all_images):  # row-major, in order of the <image> markers
+        assert torch.equal(b.images[k], to_tensor(im))
+    assert 0 <= b.images.min() and b.images.max() <= 1
+    for r, (conv, n) in enumerate(zip(convs, lengths)):
+        assert (b.idx[r, n:] == tok.pad_id).all() and (b.targets[r, n:] == -100).all()
+        assert (b.idx[r, :n] != tok.pad_id).all()
+        sup = (b.targets[r] != -100).nonzero().flatten()
+        assert torch.equal(b.targets[r, sup], b.idx[r, sup + 1])  # targets are the next tokens
+        # exactly the answer characters and the <eos> of every turn are supervised
+        assert tok.decode(b.targets[r, sup]) == "".join(t.answer + "<eos>" for t in conv.turns)
+        assert b.last_answer[r].sum() == len(conv.turns[-1].answer) + 1
+        assert (b.targets[r][b.last_answer[r]] != -100).all()
+        assert tok.decode(b.targets[r][b.last_answer[r]]) == conv.turns[-1].answer + "<eos>"
+    with pytest.raises(DataError, match="expected 32x32"):
+        collate(convs, tok, 32)
+    with pytest.raises(DataError):
+        collate([], tok, 64)
+
+
+def test_blank_images():
+    tok = Tokenizer()
+    convs = [make_conversation(t, 3) for t in ("color", "multi_image")]
+    real, blank = collate(convs, tok, 64), collate(convs, tok, 64, blank_images=True)
+    assert blank.images.shape == real.images.shape
+    assert (blank.images == 128 / 255).all()
+    assert torch.equal(real.idx, blank.idx) and torch.equal(real.targets, blank.targets)
+    text_only = collate([Conversation("t", [Turn([], "hi?", "yo")])], tok, 64)
+    assert text_only.images.shape == (0, 3, 64, 64)
+
+
+def test_train_and_eval_seeds_are_disjoint():
+    rng = random.Random(0)
+    assert all(0 <= train_seed(rng) < EVAL_SEED0 for _ in range(10000))
+    evals = eval_conversations(2, 64)
+    assert [c.task for c in evals] == [t for t in TASKS for _ in range(2)]
+    assert fingerprint(evals[0]) == fingerprint(make_conversation(TASKS[0], EVAL_SEED0, 64))
+    assert [fingerprint(c) for c in evals] == [fingerprint(c) for c in eval_conversations(2, 64)]
+    train = sample_conversations(random.Random(1), 40, 64)
+    assert len({c.task for c in train}) >= 6 and {c.task for c in train} <= set(TASKS)
+    assert [fingerprint(c) for c in train] == [fingerprint(c) for c in sample_conversations(random.Random(1), 40, 64)]
+    assert {c.task for c in sample_conversations(random.Random(2), 3, 64, tasks=("count",))} == {"count"}
+
+
+# -----------------------------------------------------------------------------
+# loading images and folders from disk
+
+def written(img, suffix=".png", **kwargs):
+    """A writer for ODD_IMAGES: saves img next to the given path stem and returns the file's path."""
+    def write(stem):
+        img.save(stem.with_suffix(suffix), **kwargs)
+        return stem.with_suffix(suffix)
+    return write
+
+
+def exif_rotated():
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))  # stored: red left, blue right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: rotate 90 degrees clockwise to display -> red top, blue bottom
+    return written(img, ".jpg", exif=exif.tobytes(), quality=95)
+
+
+def p_transparent():
+    img = Image.new("P", (16, 16), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.paste(1, (0, 0, 16, 8))  # top half red, bottom half index 0 = transparent
+    return written(img, transparency=0)
+
+
+def gray16(value):
+    return written(Image.fromarray(np.full((30, 30), value, np.uint16)))  # mode I;16
+
+
+# (name, writer, {pixel (x, y) of the 64x64 result: expected RGB}); letterboxing pads with mid-gray
+ODD_IMAGES = [
+    ("1x1", written(Image.new("RGB", (1, 1), (10, 200, 30))), {(0, 0): (10, 200, 30), (63, 63): (10, 200, 30)}),
+    ("2000x500", written(Image.new("RGB", (2000, 500), (200, 0, 0))), {(32, 32): (200, 0, 0), (32, 5): GRAY, (32, 58): GRAY}),
+    ("L", written(Image.new("L", (30, 30), 200)), {(32, 32): (200, 200, 200)}),
+    ("LA", written(Image.new("LA", (30, 30), (255, 0))), {(32, 32): GRAY}),
+    ("P-transparency", p_transparent(), {(32, 10): (255, 0, 0), (32, 54): GRAY}),
+    ("RGBA", written(Image.new("RGBA", (30, 30), (255, 0, 0, 128))), {(32, 32): (192, 64, 64)}),
+    ("I;16", gray16(32896), {(32, 32): (128, 128, 128)}),  # scaled, not clipped to 255
+    ("I;16-white", gray16(65535), {(32, 32): (255, 255, 255)}),
+    ("CMYK-jpeg", written(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), ".jpg"), {(32, 32): (255, 0, 0)}),
+    ("exif-rotated", exif_rotated(), {(32, 10): (255, 0, 0), (32, 54): (0, 0, 255), (4, 32): GRAY}),
+]
+
+
+@pytest.mark.parametrize("name,write,expected", ODD_IMAGES, ids=[c[0] for c in ODD_IMAGES])
+def test_load_image_odd_images(tmp_path, name, write, expected):
+    img = load_image(write(tmp_path / "img"), 64)
+    assert img.mode == "RGB" and img.size == (64, 64)
+    for xy, rgb in expected.items():
+        assert np.abs(np.subtract(img.getpixel(xy), rgb)).max() <= 6, (xy, img.getpixel(xy), rgb)
+
+
+def test_load_image_errors(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image\n")
+    full = tmp_path / "full.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(full)
+    (tmp_path / "truncated.png").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    (tmp_path / "folder.png").mkdir()
+    cases = {"missing.png": "no such file", "empty.png": "empty", "text.png": "cannot read image",
+             "truncated.png": "cannot read image", "folder.png": "directory"}
+    for name, message in cases.items():
+        with pytest.raises(DataError, match=message) as e:
+            load_image(tmp_path / name, 64)
+        assert "\n" not in str(e.value)
+
+
+def make_folder(tmp_path, lines):
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    Image.new("RGB", (30, 40), (0, 0, 255)).save(tmp_path / "sub" / "b.jpg")
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_load_folder(tmp_path):
+    lines = [json.dumps({"image": "a.png", "question": "what color is it?", "answer": "red"}), "",
+             json.dumps({"image": "sub/b.jpg", "answer": "a blue box"}),
+             json.dumps({"image": "a.png", "question": None, "answer": "a red box"})]
+    convs = load_folder(make_folder(tmp_path, lines), size=32)
+    assert [c.task for c in convs] == ["folder"] * 3
+    assert [(c.turns[0].question, c.turns[0].answer) for c in convs] == [
+        ("what color is it?", "red"), ("describe the image.", "a blue box"), ("describe the image.", "a red box")]
+    assert all(len(c.turns) == 1 and c.turns[0].images[0].size == (32, 32) for c in convs)
+    assert collate(convs, Tokenizer(), 32).images.shape == (3, 3, 32, 32)
+
+
+GOOD = json.dumps({"image": "a.png", "answer": "red"})
+BAD_LINES = [
+    ('{"image": "a.png", "answer": "red"', "invalid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"image": "a.png"}', "'answer' is missing"),
+    ('{"answer": "red"}', "'image' is missing"),
+    ('{"image": "", "answer": "red"}', "'image' is empty"),
+    ('{"image": "a.png", "answer": 3}', "'answer' is 3, expected a non-empty string"),
+    ('{"image": "a.png", "question": [], "answer": "red"}', "'question' is [], expected a non-empty string"),
+    ('{"image": "a.png", "questoin": "what?", "answer": "red"}', "unknown key 'questoin'"),
+    ('{"image": "nope.png", "answer": "red"}', "no such image file"),
+    ('{"image": "a.png", "answer": "rouge fonc\\u00e9"}', "unsupported characters in text: 'é'"),
+    ('{"image": "data.jsonl", "answer": "red"}', "cannot read image"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LINES, ids=[m for _, m in BAD_LINES])
+def test_load_folder_errors(tmp_path, line, message):
+    folder = make_folder(tmp_path, [GOOD, "", line])  # the bad line is line 3, after a blank line
+    with pytest.raises(DataError, match=re.escape(message)) as e:
+        load_folder(folder)
+    assert "data.jsonl, line 3: " in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_folder_missing_files(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        load_folder(tmp_path / "nope")
+    with pytest.raises(DataError, match="no such file: .*data.jsonl"):
+        load_folder(tmp_path)
+    (tmp_path / "data.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="no examples"):
+        load_folder(tmp_path)
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_writes_samples(tmp_path):
+    r = run_cli("--out", str(tmp_path / "demo"), "--n", "10", "--seed", "1")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    names = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    tasks = TASKS + (VIDEO_TASK, TASKS[0])  # "all" cycles through every task, video included
+    assert names == sorted([f"{i:03d}_{t}.png" for i, t in enumerate(tasks)] + ["conversations.txt"])
+    listing = (tmp_path / "demo" / "conversations.txt").read_text()
+    assert "000 caption: 000_caption.png (1 image)" in listing and "Q: describe the image.  A: a " in listing
+    assert "frame 0: a" in listing
+    assert Image.open(tmp_path / "demo" / "000_caption.png").size == (64, 64)
+
+
+def test_cli_bad_arguments(capsys, tmp_path):
+    bad = (["--out", "x", "--n", "0"], ["--out", "x", "--task", "nope"], ["--out", "x", "--size", "big"], ["--n", "3"])
+    for args in bad:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("data.py: error: "), err
+    r = run_cli("--out", str(tmp_path), "--size", "8")
+    assert r.returncode == 2 and r.stderr == "data.py: error: --size must be >= 32, got 8 (see --help)\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--out" in capsys.readouterr().out
