@@ -474,6 +474,13 @@ class VLM(nn.Module):
     def new_cache(self, max_text=None):
         return KVCache(self.config.n_layer, max_text)
 
+    def next_token_logits(self, tokens, images=None, cache=None):
+        """Logits (B, vocab) for the token after `tokens`; the image marker is ruled out, since the model writes
+        text and images only ever come from outside."""
+        logits = self(tokens, images, cache=cache)[0][:, -1]
+        logits[:, self.config.image_token_id] = float("-inf")
+        return logits
+
     @torch.no_grad()
     def generate(self, idx, images=None, max_new_tokens=32, temperature=0.0, top_k=None, stop_token=None,
                  cache=None, use_cache=True, generator=None):
@@ -485,25 +492,24 @@ class VLM(nn.Module):
         rows that stopped early are padded with stop_token."""
         if use_cache:
             cache = self.new_cache() if cache is None else cache
-            logits = self(idx, images, cache=cache)[0][:, -1]
+            logits = self.next_token_logits(idx, images, cache)
         elif cache is not None:
             raise ValueError("use_cache=False recomputes everything from scratch: pass no cache")
         else:
             seq = idx
-            logits = self(seq, images)[0][:, -1]
+            logits = self.next_token_logits(seq, images)
         out, done = [], torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
         for i in range(max_new_tokens):
-            logits[:, self.config.image_token_id] = float("-inf")  # the model writes text; images come from outside
             token = pick(logits, temperature, top_k, generator)  # (B, 1)
             if stop_token is not None:
                 token = torch.where(done, stop_token, token)
                 done = done | (token == stop_token)
             out.append(token)
             if use_cache:  # write the token into the cache (the stop token too: it marks a frame's end)
-                logits = self(token, cache=cache)[0][:, -1]
+                logits = self.next_token_logits(token, cache=cache)
             elif i + 1 < max_new_tokens and not done.all():
                 seq = torch.cat([seq, token], 1)
-                logits = self(seq, images)[0][:, -1]
+                logits = self.next_token_logits(seq, images)
             if done.all():
                 break
         return torch.cat(out, 1) if out else idx[:, :0]

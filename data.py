@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, ImageSequence
 
 TASKS = ("caption", "color", "shape", "count", "position", "relation", "reading", "multi_image")
 VIDEO_TASK = "video"
@@ -494,6 +494,41 @@ def collate(convs, tok, size, blank_images=False):
 GRAY = (128, 128, 128)
 
 
+def check_file(path):
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    if path.is_dir():
+        raise DataError(f"cannot read image {path}: it is a directory")
+    if path.stat().st_size == 0:
+        raise DataError(f"cannot read image {path}: the file is empty")
+    return path
+
+
+def decode_error(path, e):
+    # Pillow reports corrupt files with many exception types (OSError, SyntaxError, ValueError,
+    # struct.error, DecompressionBombError, ...), so everything raised while decoding is caught.
+    reason = " ".join(str(e).split()) or type(e).__name__
+    return DataError(f"cannot read image {path}: {reason}")
+
+
+def letterbox(img, size):
+    """Any decoded Pillow image -> RGB size x size (the policy is described in load_image)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # convert("L") would clip 16-bit values to 255, turning most of the image white
+        img = Image.fromarray(np.clip(np.asarray(img, np.float64) / 257, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, GRAY + (255,)), img.convert("RGBA"))
+    img = img.convert("RGB")
+    scale = size / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    img = img.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast box pre-shrink
+    canvas = Image.new("RGB", (size, size), GRAY)
+    canvas.paste(img, ((size - w) // 2, (size - h) // 2))
+    return canvas
+
+
 def load_image(path, size):
     """Read an image file as an RGB image of size x size.
 
@@ -502,35 +537,38 @@ def load_image(path, size):
     aspect ratio, fit the whole image inside size x size with high-quality (Lanczos) resampling and
     pad the rest with mid-gray (128, 128, 128); nothing is cropped. Big JPEGs are decoded at reduced
     scale (draft mode), so a 6000x6000 photo loads quickly."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"no such file: {path}")
-    if path.is_dir():
-        raise DataError(f"cannot read image {path}: it is a directory")
-    if path.stat().st_size == 0:
-        raise DataError(f"cannot read image {path}: the file is empty")
-    # Pillow reports corrupt files with many exception types (OSError, SyntaxError, ValueError,
-    # struct.error, DecompressionBombError, ...), so everything raised while decoding is caught here.
+    path = check_file(path)
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, still >= size
             img.load()  # decode now, inside the try: a truncated file fails here, not later
-            img = ImageOps.exif_transpose(img)
-            if img.mode == "I" or img.mode.startswith("I;16"):
-                # convert("L") would clip 16-bit values to 255, turning most of the image white
-                img = Image.fromarray(np.clip(np.asarray(img, np.float64) / 257, 0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                img = Image.alpha_composite(Image.new("RGBA", img.size, GRAY + (255,)), img.convert("RGBA"))
-            img = img.convert("RGB")
+            return letterbox(img, size)
     except Exception as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise DataError(f"cannot read image {path}: {reason}") from None
-    scale = size / max(img.size)
-    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-    img = img.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast box pre-shrink
-    canvas = Image.new("RGB", (size, size), GRAY)
-    canvas.paste(img, ((size - w) // 2, (size - h) // 2))
-    return canvas
+        raise decode_error(path, e) from None
+
+
+def load_video(path, size, fps=2.0):
+    """Frames of a video as (list of size x size RGB images, list of their times in seconds).
+    PATH is an animated GIF (times from its frame durations) or a folder of image files, read in
+    sorted name order at `fps` frames per second. Every frame goes through the load_image policy."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise DataError(f"no frames in folder {path}")
+        return [load_image(f, size) for f in files], [i / fps for i in range(len(files))]
+    path = check_file(path)
+    frames, times, t = [], [], 0.0
+    try:
+        with Image.open(path) as video:
+            for frame in ImageSequence.Iterator(video):
+                frame.load()
+                frames.append(letterbox(frame.copy(), size))
+                times.append(t)
+                t += frame.info.get("duration", 1000 / fps) / 1000 or 1 / fps
+    except Exception as e:
+        raise decode_error(path, e) from None
+    return frames, times
 
 
 JSONL_EXAMPLE = '{"image": "cat.png", "question": "what is it?", "answer": "a cat"}'

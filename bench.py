@@ -1,0 +1,287 @@
+"""
+Measure what the three fusions cost, side by side (untrained weights are fine for timing).
+
+    python bench.py stream --turns 256 --json results/stream.json --png results/stream.png
+        the paper's streaming protocol: per turn one new frame plus G greedy tokens, one persistent cache, batch 1
+    python bench.py train --json results/train.json
+        training throughput on multi-frame sequences: text tokens/s, peak memory, MFU against a matmul peak
+        measured here
+    python bench.py table
+        the analytic view: parameters, FLOPs per generated token and bytes cached per turn
+
+Model options are the same --key=value overrides as train.py (e.g. --n_embd=256); bench options use argparse.
+Every fusion runs in a fresh process, so the peak memory of one does not hide in another's.
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import fields
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import data
+from casa import FUSIONS, VLM, VLMConfig, pick
+from train import UsageError, model_config, parse_value, pick_device
+
+
+def model_for(fusion, overrides, device):
+    tok = data.Tokenizer()
+    torch.manual_seed(0)
+    cfg = model_config({**overrides, "fusion": fusion}, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    return VLM(cfg).to(device), tok
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device):
+    """CUDA: the allocator's peak. CPU: the process's peak resident set (this process runs one fusion only)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def machine(device):
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def matmul_peak_flops(device, dtype=torch.float32, n=2048, repeats=10):
+    """The best sustained FLOP/s of a large square matmul on this device: the yardstick for MFU (never a
+    datasheet number)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a
+    sync(device)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        sync(device)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+# ------------------------------------------------------------------------------------------------ stream
+
+
+@torch.no_grad()
+def stream_one(fusion, args, overrides):
+    """One fusion through the streaming protocol. Per turn the chunk [previous turn's last token, marker] and
+    the new frame are prefilled (time to first token includes encoding the frame), then G - 1 more tokens are
+    decoded one by one; the G-th is written at the next turn's prefill."""
+    device = pick_device(args.device)
+    model, tok = model_for(fusion, overrides, device)
+    model.eval()
+    size = model.config.image_size
+    frames = [data.to_tensor(turn.images[0]).to(device)[None] for turn in data.make_clip(0, size, 64).turns]
+    cache = model.new_cache(max_text=args.max_text)
+    marker = torch.full((1, 1), tok.image_id, device=device)
+    chunk, rows = marker, []
+    for turn in range(args.turns):
+        t0 = time.perf_counter()
+        token = pick(model.next_token_logits(chunk, frames[turn % len(frames)], cache))
+        sync(device)
+        t1 = time.perf_counter()
+        for _ in range(args.tokens - 1):
+            token = pick(model.next_token_logits(token, cache=cache))
+        sync(device)
+        t2 = time.perf_counter()
+        chunk = torch.cat([token, marker], 1)
+        stats = cache.stats()
+        rows.append({"turn": turn + 1, "ttft_ms": 1000 * (t1 - t0),
+                     "decode_tok_s": (args.tokens - 1) / (t2 - t1) if args.tokens > 1 else float("nan"),
+                     "kv_tokens": stats["tokens"], "kv_bytes": stats["bytes"]})
+    tenth = max(1, args.turns // 10)
+    mean = lambda key, part: sum(r[key] for r in part) / len(part)
+    first, last = rows[:tenth], rows[-tenth:]
+    return {"ttft_ms_first": mean("ttft_ms", first), "ttft_ms_last": mean("ttft_ms", last),
+            "decode_tok_s_first": mean("decode_tok_s", first), "decode_tok_s_last": mean("decode_tok_s", last),
+            "kv_tokens_final": rows[-1]["kv_tokens"], "kv_bytes_final": rows[-1]["kv_bytes"],
+            "peak_mem_mb": peak_memory_mb(device), "per_turn": rows}
+
+
+def crossover(results):
+    """First turn from which casa decodes faster than insertion (compared on a 10-turn moving average)."""
+    if not {"casa", "insertion"} <= set(results):
+        return None
+    speed = lambda name, i: sum(r["decode_tok_s"] for r in results[name]["per_turn"][max(0, i - 9):i + 1])
+    turns = len(results["casa"]["per_turn"])
+    return next((i + 1 for i in range(turns) if speed("casa", i) > speed("insertion", i)), None)
+
+
+def draw_stream_png(results, path, width=900, height=600):
+    """Two panels drawn with pillow: time to first token and cached tokens against the turn, one line a fusion."""
+    from PIL import Image, ImageDraw
+    colors = {"insertion": (214, 39, 40), "cross": (31, 119, 180), "casa": (44, 160, 44)}
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    panels = [("time to first token (ms)", "ttft_ms"), ("cached tokens", "kv_tokens")]
+    for p, (title, key) in enumerate(panels):
+        top, left, w, h = 30 + p * height // 2, 70, width - 100, height // 2 - 70
+        draw.rectangle([left, top, left + w, top + h], outline="black")
+        ymax = max(r[key] for res in results.values() for r in res["per_turn"]) or 1
+        turns = max(len(res["per_turn"]) for res in results.values())
+        draw.text((left, top - 18), f"{title} vs turn", fill="black")
+        draw.text((4, top), f"{ymax:.0f}", fill="black")
+        draw.text((4, top + h - 10), "0", fill="black")
+        draw.text((left + w - 30, top + h + 4), str(turns), fill="black")
+        for name, res in results.items():
+            pts = [(left + w * (r["turn"] - 1) / max(1, turns - 1), top + h - h * r[key] / ymax)
+                   for r in res["per_turn"]]
+            draw.line(pts, fill=colors.get(name, "black"), width=2)
+    for i, name in enumerate(results):
+        draw.text((width - 160, 40 + 14 * i), name, fill=colors.get(name, "black"))
+    img.save(path)
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def train_one(fusion, args, overrides):
+    """Training steps on streaming clips of `frames` frames (one frame + its caption per window)."""
+    device = pick_device(args.device)
+    model, tok = model_for(fusion, overrides, device)
+    size = model.config.image_size
+    convs = [data.make_clip(seed, size, args.frames) for seed in range(args.batch_size)]
+    batch = data.collate(convs, tok, size)
+    idx, targets, images = batch.idx.to(device), batch.targets.to(device), batch.images.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        _, loss = model(idx, images, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocator, kernels, optimizer state
+    with FlopCounterMode(display=False) as counter:
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - t0) / args.iters
+    text_tokens = int((batch.idx != tok.pad_id).sum())
+    flops = counter.get_total_flops()
+    peak = matmul_peak_flops(device)
+    return {"text_tok_s": text_tokens / seconds, "ms_per_iter": 1000 * seconds, "peak_mem_mb": peak_memory_mb(device),
+            "flops_per_iter": flops, "mfu": flops / seconds / peak, "matmul_peak_tflops": peak / 1e12,
+            "text_tokens_per_iter": text_tokens, "stream_tokens_per_iter": text_tokens + (
+                images.size(0) * model.config.image_tokens if fusion == "insertion" else 0)}
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+def analytic_table(overrides, turns, tokens):
+    """Per fusion, from the config alone: parameters, FLOPs per generated token after `turns` streaming turns,
+    and bytes added to the cache per turn (fp32 keys and values)."""
+    tok = data.Tokenizer()
+    rows = {}
+    for fusion in FUSIONS:
+        cfg = model_config({**overrides, "fusion": fusion}, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+        model = VLM(cfg)
+        counts = model.param_counts()
+        C, N, L = cfg.n_embd, cfg.image_tokens, cfg.n_layer
+        per_turn = tokens + 1 + (N if fusion == "insertion" else 0)  # marker + G tokens (+ the frame)
+        n_fusion = len(model.fusion_blocks())
+        lm_matmuls = counts["language_model"] + counts["fusion"]  # the tied embedding counts once: the head
+        context = turns * per_turn
+        window = {"insertion": 0, "cross": N, "casa": N + tokens + 1}[fusion]
+        # 2 FLOPs per weight per token, plus q.k and a.v over every visible key (4 C per key per layer)
+        flops = 2 * lm_matmuls + 4 * C * (L * context + n_fusion * window)
+        rows[fusion] = {"params": counts["total"], "fusion_params": counts["fusion"],
+                        "flops_per_token": flops, "kv_bytes_per_turn": per_turn * 2 * C * 4 * L}
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def run_each(target, fusions, args, overrides):
+    """Run target(fusion) in a fresh process per fusion (spawned: safe with CUDA, clean memory peaks)."""
+    ctx = multiprocessing.get_context("spawn")
+    results = {}
+    for fusion in fusions:
+        with ctx.Pool(1) as pool:
+            results[fusion] = pool.apply(target, (fusion, args, overrides))
+        print(f"{fusion}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[fusion].items()
+                                       if isinstance(v, (int, float))), flush=True)
+    return results
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("stream", "train", "table"):
+        s = sub.add_parser(name)
+        s.add_argument("--fusions", default=",".join(FUSIONS), help="comma-separated (default: all three)")
+        s.add_argument("--device", default="auto")
+        s.add_argument("--json", help="write the results here")
+        s.add_argument("--tokens", type=int, default=16, help="G: greedy tokens per turn (default: %(default)s)")
+        s.add_argument("--turns", type=int, default=256, help="streaming turns (default: %(default)s)")
+        if name == "stream":
+            s.add_argument("--png", help="draw latency and cache size against the turn")
+            s.add_argument("--max_text", type=int, default=None, help="rolling text window of the cache")
+        if name == "train":
+            s.add_argument("--frames", type=int, default=8)
+            s.add_argument("--batch_size", type=int, default=8)
+            s.add_argument("--iters", type=int, default=5)
+    args, rest = p.parse_known_args(argv)
+    model_types = {f.name: type(f.default) for f in fields(VLMConfig)}
+    overrides = {}
+    for arg in rest:
+        key, eq, text = arg.removeprefix("--").partition("=")
+        if key not in model_types or not eq:
+            raise UsageError(f"unknown option {arg!r} (see --help)")
+        overrides[key] = parse_value(key, text, model_types[key])
+    args.fusions = [f for f in args.fusions.split(",") if f]
+    if set(args.fusions) - set(FUSIONS) or args.turns < 1 or args.tokens < 1:
+        raise UsageError(f"--fusions takes names from {', '.join(FUSIONS)}; --turns and --tokens must be >= 1")
+    return args, overrides
+
+
+def main(argv):
+    args, overrides = parse_args(argv)
+    device = pick_device(args.device)
+    if args.command == "table":
+        results = analytic_table(overrides, args.turns, args.tokens)
+        print(f"{'fusion':<10} {'params':>9} {'fusion params':>14} {'FLOPs/token':>12} {'KV bytes/turn':>14}"
+              f"   (after {args.turns} turns of G={args.tokens})")
+        for name, r in results.items():
+            print(f"{name:<10} {r['params']:>9,} {r['fusion_params']:>14,} {r['flops_per_token']:>12,} "
+                  f"{r['kv_bytes_per_turn']:>14,}")
+    elif args.command == "stream":
+        results = run_each(stream_one, args.fusions, args, overrides)
+        turn = crossover(results)
+        if turn is not None:
+            print(f"casa decodes faster than insertion from turn {turn}")
+        if args.png:
+            draw_stream_png(results, args.png)
+        results = {"machine": machine(device), "casa_faster_from_turn": turn, **results}
+    else:
+        results = {"machine": machine(device), **run_each(train_one, args.fusions, args, overrides)}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UsageError as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

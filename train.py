@@ -1,0 +1,397 @@
+"""
+Train a tiny vision-language model (see casa.py) on procedural scenes, or on your own folder of images.
+
+    python train.py                                   # the default CASA model, a few minutes on a laptop CPU
+    python train.py --fusion=insertion --out_dir=out-insertion
+    python train.py --init_from=out-insertion/ckpt.pt --fusion=casa --pretrained_lr=0   # adapt a frozen VLM
+    python train.py --init_from=resume --out_dir=out  # carry on exactly where a run stopped
+    torchrun --standalone --nproc_per_node=2 train.py --device=cpu   # DDP (gloo on CPU, nccl on GPUs)
+    python train.py --help                            # every option and its default
+
+Options are --key=value, checked against the types of TrainConfig and VLMConfig below.
+"""
+import difflib
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+from casa import VLM, VLMConfig
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "out"
+    init_from: str = "scratch"  # scratch | resume (from out_dir) | path/to/ckpt.pt (start from another model)
+    data: str = "synthetic"     # synthetic | a folder holding data.jsonl and its images
+    tasks: str = "all"          # synthetic tasks to train on, comma-separated (see data.TASKS, data.VIDEO_TASK)
+    # optimisation
+    batch_size: int = 32
+    grad_accum: int = 1         # micro-batches per step, per process: tokens per step = batch * accum * processes
+    max_iters: int = 1500
+    lr: float = 2e-3            # new weights (everything, from scratch; the fusion layers when adapting)
+    pretrained_lr: float = 2e-4  # weights that came from --init_from=PATH (0 freezes them)
+    min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # evaluation and logging
+    eval_interval: int = 250
+    eval_per_task: int = 64     # held-out conversations per task
+    seed: int = 1337
+    # system
+    device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"         # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    progress: bool = True       # tqdm bar
+
+
+MODEL_KEYS = [f.name for f in fields(VLMConfig) if f.name not in ("vocab_size", "image_token_id")]
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def parse_value(key, text, kind):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--{key} expects true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"--{key} expects {kind.__name__}, got {text!r}") from None
+
+
+def parse_args(argv):
+    """--key=value overrides for TrainConfig and VLMConfig. Returns (TrainConfig, model overrides dict)."""
+    train_types = {f.name: type(f.default) for f in fields(TrainConfig)}
+    model_types = {f.name: type(f.default) for f in fields(VLMConfig) if f.name in MODEL_KEYS}
+    cfg, model_overrides = TrainConfig(), {}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage())
+            sys.exit(0)
+        key, eq, text = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq:
+            raise UsageError(f"expected --key=value, got {arg!r} (see --help)")
+        if key in train_types:
+            setattr(cfg, key, parse_value(key, text, train_types[key]))
+        elif key in model_types:
+            model_overrides[key] = parse_value(key, text, model_types[key])
+        else:
+            close = difflib.get_close_matches(key, list(train_types) + list(model_types), n=1)
+            raise UsageError(f"unknown option --{key}" + (f"; did you mean --{close[0]}?" if close else ""))
+    return cfg, model_overrides
+
+
+def usage():
+    lines = [__doc__.strip(), "", "training options (TrainConfig):"]
+    lines += [f"  --{f.name}={f.default}" for f in fields(TrainConfig)]
+    lines += ["", "model options (VLMConfig; vocab_size and image_token_id come from the tokenizer):"]
+    lines += [f"  --{f.name}={f.default}" for f in fields(VLMConfig) if f.name in MODEL_KEYS]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ system
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def pick_dtype(name, device):
+    """bf16 autocast only where the hardware does it natively; fp16 (with a grad scaler) on older CUDA GPUs;
+    fp32 on CPU and MPS, where autocast buys little for models this small."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def unwrapped(model):
+    """The plain VLM behind DDP and torch.compile wrappers, so checkpoints carry no '_orig_mod.' or 'module.'."""
+    model = model.module if isinstance(model, DDP) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path, state):
+    """Atomic: write a temporary file next to the target, then rename over it; a crash never leaves half a file."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    if not os.path.isfile(path):
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UsageError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
+        raise UsageError(f"{path} is not a casa checkpoint (no model, model_config or tokenizer)")
+    return ckpt
+
+
+def model_config(options, **fixed):
+    try:
+        return VLMConfig(**options, **fixed)
+    except ValueError as e:  # the config's own checks, e.g. a fusion name that does not exist
+        raise UsageError(str(e)) from None
+
+
+def lr_factor(it, cfg):
+    """Linear warmup, then cosine decay to min_lr_ratio at max_iters."""
+    if it < cfg.warmup_iters:
+        return (it + 1) / cfg.warmup_iters
+    progress = min(1.0, (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, new_names, cfg, fused):
+    """AdamW with four groups: {new, pretrained} x {decayed matrices, undecayed norms/gates/biases}."""
+    groups = {}
+    for name, p in model.named_parameters():
+        new = name in new_names
+        if not new and cfg.pretrained_lr == 0:
+            p.requires_grad_(False)  # adapting a frozen model: only the new layers learn
+            continue
+        key = (new, p.dim() >= 2)
+        groups.setdefault(key, {"params": [], "base_lr": cfg.lr if new else cfg.pretrained_lr,
+                                "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def task_list(cfg):
+    if cfg.tasks == "all":
+        return data.TASKS
+    tasks = tuple(t.strip() for t in cfg.tasks.split(","))
+    unknown = [t for t in tasks if t not in data.TASKS + (data.VIDEO_TASK,)]
+    if unknown:
+        raise UsageError(f"unknown task {unknown[0]!r}; tasks are {', '.join(data.TASKS + (data.VIDEO_TASK,))}")
+    return tasks
+
+
+class Conversations:
+    """Where training and held-out conversations come from: the procedural generator or a folder.
+    Training batches are a pure function of (seed, process rank, iteration), which makes resuming exact and gives
+    every DDP process different data without any state to save."""
+
+    def __init__(self, cfg, size):
+        self.cfg, self.size = cfg, size
+        if cfg.data == "synthetic":
+            self.tasks = task_list(cfg)
+            self.held_out = data.eval_conversations(cfg.eval_per_task, size, self.tasks)
+        else:
+            try:
+                convs = data.load_folder(cfg.data, size)
+            except data.DataError as e:
+                raise UsageError(str(e)) from None
+            random.Random(0).shuffle(convs)
+            n_eval = min(len(convs) // 10, cfg.eval_per_task) if len(convs) >= 10 else 0
+            self.held_out, self.train = convs[:n_eval], convs[n_eval:]
+
+    def batch(self, it, rank, micro):
+        rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
+        if self.cfg.data == "synthetic":  # one task per batch: similar lengths, so little padding to compute on
+            task = rng.choice(self.tasks)
+            return data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,))
+        return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
+
+
+def to_device(batch, device):
+    return batch.idx.to(device), batch.targets.to(device), batch.images.to(device)
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, autocast, image_token_id):
+    """Validation loss and exact-match accuracy per task. Exact match under teacher forcing (every token of the
+    last answer, its end token included, is the argmax) is exactly what greedy decoding would produce."""
+    model.eval()
+    losses, hits, totals = [], {}, {}
+    for batch in batches:
+        idx, targets, images = to_device(batch, device)
+        with autocast:
+            logits, loss = model(idx, images, targets)
+        losses.append(loss.item())
+        logits[..., image_token_id] = float("-inf")  # as in generate(): the model never writes an image
+        wrong = (logits.argmax(-1) != targets) & batch.last_answer.to(device)
+        for task, ok in zip(batch.tasks, (~wrong.any(1)).tolist()):
+            hits[task] = hits.get(task, 0) + ok
+            totals[task] = totals.get(task, 0) + 1
+    model.train()
+    return sum(losses) / max(1, len(losses)), {t: hits[t] / totals[t] for t in sorted(totals)}
+
+
+def accuracy_table(accuracy, blind):
+    rows = [f"{'task':<12} {'accuracy':>9} {'blind':>7}"]
+    rows += [f"{task:<12} {accuracy[task]:>9.1%} {blind[task]:>7.1%}" for task in accuracy]
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv):
+    cfg, model_overrides = parse_args(argv)
+    ddp = "RANK" in os.environ
+    if ddp:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        device = pick_device(cfg.device)
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    else:
+        rank, world, device = 0, 1, pick_device(cfg.device)
+    master = rank == 0
+    dtype = pick_dtype(cfg.dtype, device)
+    device_type = device.split(":")[0]
+    autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device_type, dtype=dtype)
+    torch.manual_seed(cfg.seed)
+
+    # ---- model, tokenizer, optimizer state: from scratch, from another model, or resumed
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    start_iter, ckpt, new_names = 0, None, None
+    if cfg.init_from == "scratch":
+        tok = data.Tokenizer()
+        model_cfg = model_config(model_overrides, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+        model = VLM(model_cfg)
+    else:
+        ckpt = load_checkpoint(ckpt_path if cfg.init_from == "resume" else cfg.init_from)
+        tok = data.Tokenizer.from_state(ckpt["tokenizer"])
+        saved = dict(ckpt["model_config"])
+        if cfg.init_from == "resume":
+            changed = [k for k, v in model_overrides.items() if saved[k] != v]
+            if changed:
+                raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has {saved[changed[0]]})")
+        model_cfg = model_config({**saved, **model_overrides})
+        model = VLM(model_cfg)
+        if cfg.init_from == "resume":
+            model.load_state_dict(ckpt["model"])
+            start_iter = ckpt["iter"]
+        else:
+            new_names = set(model.load_pretrained(ckpt["model"]))
+    model.to(device)
+    if new_names is None:  # trained from scratch (or resuming that): every weight is new
+        new_names = {name for name, _ in model.named_parameters()}
+    optimizer = make_optimizer(model, new_names, cfg, fused=device_type == "cuda")
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
+    if cfg.init_from == "resume":
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        random.setstate(ckpt["rng"]["python"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    ckpt = None  # free memory
+
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    eval_model = model  # evaluation runs on rank 0 only, so never through DDP's collective calls
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    source = Conversations(cfg, model_cfg.image_size)
+    eval_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size)
+                    for i in range(0, len(source.held_out), 64)]
+    blind_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size, blank_images=True)
+                     for i in range(0, len(source.held_out), 64)]
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        counts = raw_model.param_counts()
+        print(f"{model_cfg.fusion} model, {counts['total'] / 1e6:.2f}M parameters "
+              f"({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items() if k != 'total')}); "
+              f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es)")
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
+
+    def checkpoint(it):
+        save_checkpoint(ckpt_path, {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "iter": it, "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+            "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tok.state()})
+
+    def run_eval(it):
+        val_loss, accuracy = evaluate(eval_model, eval_batches, device, autocast, tok.image_id)
+        _, blind = evaluate(eval_model, blind_batches, device, autocast, tok.image_id)
+        result = {"iter": it, "val_loss": val_loss, "accuracy": accuracy, "blind_accuracy": blind}
+        log.write(json.dumps({"kind": "eval", **result}) + "\n")
+        log.flush()
+        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        return result
+
+    # ---- the training loop
+    model.train()
+    bar = tqdm(range(start_iter, cfg.max_iters), initial=start_iter, total=cfg.max_iters,
+               disable=not (master and cfg.progress), dynamic_ncols=True)
+    tokens, t0, losses = 0, time.time(), []
+    for it in bar:
+        factor = lr_factor(it, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        for micro in range(cfg.grad_accum):
+            batch = data.collate(source.batch(it, rank, micro), tok, model_cfg.image_size)
+            idx, targets, images = to_device(batch, device)
+            if ddp:  # only the last micro-batch all-reduces the gradients
+                model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+            with autocast:
+                _, loss = model(idx, images, targets)
+            scaler.scale(loss / cfg.grad_accum).backward()
+            tokens += int((batch.idx != tok.pad_id).sum()) * world
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if master:
+            tok_s = tokens / (time.time() - t0)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tok_s:.0f}")
+            log.write(json.dumps({"kind": "train", "iter": it + 1, "loss": losses[-1],
+                                  "lr": cfg.lr * factor, "tok_s": tok_s}) + "\n")
+            last = it + 1 == cfg.max_iters
+            if (it + 1) % cfg.eval_interval == 0 or last:
+                result = run_eval(it + 1)
+                checkpoint(it + 1)
+                bar.write(f"iter {it + 1}: train loss {sum(losses) / len(losses):.3f}, "
+                          f"val loss {result['val_loss']:.3f}")
+                losses, tokens, t0 = [], 0, time.time()  # tokens/s counts training time only
+    if master and start_iter < cfg.max_iters:
+        print(accuracy_table(result["accuracy"], result["blind_accuracy"]))
+        print(f"checkpoint: {ckpt_path}")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (UsageError, data.DataError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("train.py: interrupted (the last checkpoint is intact)", file=sys.stderr)
+        sys.exit(130)
