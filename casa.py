@@ -255,8 +255,9 @@ class Block(nn.Module):
 
     def fuse(self, h, s, cache):
         """Cross-attention or CASA. Image tokens are keys only: never queries, never updated, never cached with
-        the text. CASA places image keys at their marker's position, so with RoPE a query sees how far back its
-        image is; plain cross-attention uses no positions at all."""
+        the text. They go through the same norm as the text (h = norm2(x)), as they would in the stream, so both
+        kinds of keys start on one scale. CASA places image keys at their marker's position, so with RoPE a query
+        sees how far back its image is; plain cross-attention uses no positions at all."""
         if cache is None and self.block_wise:  # training: same result, one small row per window (tested)
             h_w, s_w, (group, slot) = split_windows(h, s, self.image_tokens)
             return self.fuse_dense(h_w, s_w, None)[group, slot]
@@ -265,7 +266,7 @@ class Block(nn.Module):
     def fuse_dense(self, h, s, cache):
         layer = self.attn if self.share_weights else self.cross
         casa = self.fusion == "casa"
-        kv = layer.kv(s.images, s.image_pos, s.image_win, rotate=casa)
+        kv = layer.kv(self.norm2(s.images), s.image_pos, s.image_win, rotate=casa)  # same norm as the text
         if casa:
             kv = kv.then(layer.kv(h, s.pos, s.win, rotate=True))
         if cache is not None:

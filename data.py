@@ -637,8 +637,9 @@ def load_folder(folder, size=64):
 # -----------------------------------------------------------------------------
 # command line: write sample conversations to look at
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (used by every script) instead of usage + error."""
+    def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -654,7 +655,7 @@ def _sheet(images, cols=8):
 
 
 def main(argv=None):
-    p = _Parser(prog="data.py", description="Write sample conversations: DIR/NNN_task.png (all images of a "
+    p = OneLineErrorParser(prog="data.py", description="Write sample conversations: DIR/NNN_task.png (all images of a "
                 "conversation, left to right in rows of 8) and DIR/conversations.txt (the text).")
     p.add_argument("--out", required=True, help="output folder (created if needed)")
     p.add_argument("--n", type=int, default=16, help="number of conversations (default 16)")

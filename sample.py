@@ -46,7 +46,7 @@ def prompt_ids(tok, n_images, prompt):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py (default: %(default)s)")
     p.add_argument("--image", action="append", default=[], help="an image file; repeat for several images")
     p.add_argument("--scene", type=int, help="render procedural scene SEED instead of reading a file")

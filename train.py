@@ -77,10 +77,10 @@ def parse_value(key, text, kind):
 
 
 def parse_args(argv):
-    """--key=value overrides for TrainConfig and VLMConfig. Returns (TrainConfig, model overrides dict)."""
+    """--key=value overrides for TrainConfig and VLMConfig: two dicts of the options given, checked and typed."""
     train_types = {f.name: type(f.default) for f in fields(TrainConfig)}
     model_types = {f.name: type(f.default) for f in fields(VLMConfig) if f.name in MODEL_KEYS}
-    cfg, model_overrides = TrainConfig(), {}
+    train_overrides, model_overrides = {}, {}
     for arg in argv:
         if arg in ("-h", "--help"):
             print(usage())
@@ -89,13 +89,21 @@ def parse_args(argv):
         if not arg.startswith("--") or not eq:
             raise UsageError(f"expected --key=value, got {arg!r} (see --help)")
         if key in train_types:
-            setattr(cfg, key, parse_value(key, text, train_types[key]))
+            train_overrides[key] = parse_value(key, text, train_types[key])
         elif key in model_types:
             model_overrides[key] = parse_value(key, text, model_types[key])
         else:
             close = difflib.get_close_matches(key, list(train_types) + list(model_types), n=1)
             raise UsageError(f"unknown option --{key}" + (f"; did you mean --{close[0]}?" if close else ""))
-    return cfg, model_overrides
+    return train_overrides, model_overrides
+
+
+def train_config(options):
+    cfg = TrainConfig(**options)
+    for key in ("batch_size", "grad_accum", "eval_interval"):  # 0 would divide by zero or train on nothing
+        if getattr(cfg, key) < 1:
+            raise UsageError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
+    return cfg
 
 
 def usage():
@@ -111,6 +119,10 @@ def usage():
 
 def pick_device(name):
     if name != "auto":
+        try:
+            torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"--device expects auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
         return name
     if torch.cuda.is_available():
         return "cuda"
@@ -121,6 +133,8 @@ def pick_dtype(name, device):
     """bf16 autocast only where the hardware does it natively; fp16 (with a grad scaler) on older CUDA GPUs;
     fp32 on CPU and MPS, where autocast buys little for models this small."""
     if name != "auto":
+        if name not in ("float32", "bfloat16", "float16"):
+            raise UsageError(f"--dtype expects auto, float32, bfloat16 or float16, got {name!r}")
         return getattr(torch, name)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -155,8 +169,8 @@ def load_checkpoint(path, device="cpu"):
 def model_config(options, **fixed):
     try:
         return VLMConfig(**options, **fixed)
-    except ValueError as e:  # the config's own checks, e.g. a fusion name that does not exist
-        raise UsageError(str(e)) from None
+    except (TypeError, ValueError) as e:  # the config's own checks, e.g. a fusion name that does not exist, or
+        raise UsageError(str(e)) from None  # a checkpoint's config with a field this VLMConfig does not have
 
 
 def lr_factor(it, cfg):
@@ -178,6 +192,8 @@ def make_optimizer(model, new_names, cfg, fused):
         key = (new, p.dim() >= 2)
         groups.setdefault(key, {"params": [], "base_lr": cfg.lr if new else cfg.pretrained_lr,
                                 "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
+    if not groups:
+        raise UsageError("nothing to train: every weight came from --init_from and --pretrained_lr=0 freezes them")
     return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
 
 
@@ -255,7 +271,11 @@ def accuracy_table(accuracy, blind):
 
 
 def main(argv):
-    cfg, model_overrides = parse_args(argv)
+    train_overrides, model_overrides = parse_args(argv)
+    cfg, ckpt = train_config(train_overrides), None
+    if cfg.init_from == "resume":  # carry on with the options saved in the checkpoint, but for those given now
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        cfg = train_config({**ckpt["train_config"], **train_overrides})
     ddp = "RANK" in os.environ
     if ddp:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -275,13 +295,13 @@ def main(argv):
 
     # ---- model, tokenizer, optimizer state: from scratch, from another model, or resumed
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    start_iter, ckpt, new_names = 0, None, None
+    start_iter, new_names = 0, None
     if cfg.init_from == "scratch":
         tok = data.Tokenizer()
         model_cfg = model_config(model_overrides, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
         model = VLM(model_cfg)
     else:
-        ckpt = load_checkpoint(ckpt_path if cfg.init_from == "resume" else cfg.init_from)
+        ckpt = ckpt or load_checkpoint(cfg.init_from)
         tok = data.Tokenizer.from_state(ckpt["tokenizer"])
         saved = dict(ckpt["model_config"])
         if cfg.init_from == "resume":
@@ -293,15 +313,24 @@ def main(argv):
         if cfg.init_from == "resume":
             model.load_state_dict(ckpt["model"])
             start_iter = ckpt["iter"]
+            if ckpt.get("pretrained"):  # an adapted model: its weights from --init_from=PATH keep their own LR
+                new_names = {name for name, _ in model.named_parameters()} - set(ckpt["pretrained"])
         else:
-            new_names = set(model.load_pretrained(ckpt["model"]))
+            try:
+                new_names = set(model.load_pretrained(ckpt["model"]))
+            except ValueError as e:  # e.g. the two models' sizes differ
+                raise UsageError(str(e)) from None
     model.to(device)
     if new_names is None:  # trained from scratch (or resuming that): every weight is new
         new_names = {name for name, _ in model.named_parameters()}
     optimizer = make_optimizer(model, new_names, cfg, fused=device_type == "cuda")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     if cfg.init_from == "resume":
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError:  # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
+            raise UsageError("the checkpoint's optimizer state does not fit; resume with the --pretrained_lr "
+                             f"of the run that wrote it ({ckpt['train_config']['pretrained_lr']})") from None
         scaler.load_state_dict(ckpt["scaler"])
         random.setstate(ckpt["rng"]["python"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -320,18 +349,22 @@ def main(argv):
     blind_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size, blank_images=True)
                      for i in range(0, len(source.held_out), 64)]
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot use --out_dir={cfg.out_dir!r}: {e.strerror}") from None
         counts = raw_model.param_counts()
         print(f"{model_cfg.fusion} model, {counts['total'] / 1e6:.2f}M parameters "
               f"({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items() if k != 'total')}); "
               f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es)")
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a", buffering=1) if master else None  # line-buffered
 
     def checkpoint(it):
         save_checkpoint(ckpt_path, {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "iter": it, "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-            "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tok.state()})
+            "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tok.state(),
+            "pretrained": sorted(name for name, _ in raw_model.named_parameters() if name not in new_names)})
 
     def run_eval(it):
         val_loss, accuracy = evaluate(eval_model, eval_batches, device, autocast, tok.image_id)
