@@ -476,10 +476,12 @@ class VLM(nn.Module):
         return KVCache(self.config.n_layer, max_text)
 
     def next_token_logits(self, tokens, images=None, cache=None):
-        """Logits (B, vocab) for the token after `tokens`; the image marker is ruled out, since the model writes
-        text and images only ever come from outside."""
-        logits = self(tokens, images, cache=cache)[0][:, -1]
-        logits[:, self.config.image_token_id] = float("-inf")
+        """Logits (B, vocab) for the token after `tokens`, the image marker ruled out."""
+        return self.text_only(self(tokens, images, cache=cache)[0][:, -1])
+
+    def text_only(self, logits):
+        """Rule out the image marker: the model writes text, images only ever come from outside."""
+        logits[..., self.config.image_token_id] = float("-inf")
         return logits
 
     @torch.no_grad()

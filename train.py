@@ -242,7 +242,7 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate(model, batches, device, autocast, image_token_id):
+def evaluate(model, batches, device, autocast):
     """Validation loss and exact-match accuracy per task. Exact match under teacher forcing (every token of the
     last answer, its end token included, is the argmax) is exactly what greedy decoding would produce."""
     model.eval()
@@ -252,8 +252,7 @@ def evaluate(model, batches, device, autocast, image_token_id):
         with autocast:
             logits, loss = model(idx, images, targets)
         losses.append(loss.item())
-        logits[..., image_token_id] = float("-inf")  # as in generate(): the model never writes an image
-        wrong = (logits.argmax(-1) != targets) & batch.last_answer.to(device)
+        wrong = (unwrapped(model).text_only(logits).argmax(-1) != targets) & batch.last_answer.to(device)
         for task, ok in zip(batch.tasks, (~wrong.any(1)).tolist()):
             hits[task] = hits.get(task, 0) + ok
             totals[task] = totals.get(task, 0) + 1
@@ -367,8 +366,8 @@ def main(argv):
             "pretrained": sorted(name for name, _ in raw_model.named_parameters() if name not in new_names)})
 
     def run_eval(it):
-        val_loss, accuracy = evaluate(eval_model, eval_batches, device, autocast, tok.image_id)
-        _, blind = evaluate(eval_model, blind_batches, device, autocast, tok.image_id)
+        val_loss, accuracy = evaluate(eval_model, eval_batches, device, autocast)
+        _, blind = evaluate(eval_model, blind_batches, device, autocast)
         result = {"iter": it, "val_loss": val_loss, "accuracy": accuracy, "blind_accuracy": blind}
         log.write(json.dumps({"kind": "eval", **result}) + "\n")
         log.flush()

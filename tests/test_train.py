@@ -204,9 +204,9 @@ def test_a_few_steps_reduce_the_loss(fusion):
     model, tok = tiny_model(fusion)
     batch = data.collate(data.sample_conversations(random.Random(0), 4, 32), tok, 32)
     opt = optimizer_for(model, lr=3e-3)
-    before, _ = train.evaluate(model, [batch], "cpu", nullcontext(), tok.image_id)
+    before, _ = train.evaluate(model, [batch], "cpu", nullcontext())
     losses = [step(model, opt, batch) for _ in range(8)]
-    after, _ = train.evaluate(model, [batch], "cpu", nullcontext(), tok.image_id)
+    after, _ = train.evaluate(model, [batch], "cpu", nullcontext())
     assert losses[0] == pytest.approx(before, rel=1e-5)  # evaluate's loss is the training loss
     assert after < before - 0.5, (before, after)
     assert losses[-1] < losses[0]
@@ -221,7 +221,7 @@ def test_a_tiny_batch_can_be_overfit():
     for i in range(150):
         step(model, opt, batch)
         if i % 10 == 9:
-            loss, accuracy = train.evaluate(model, [batch], "cpu", nullcontext(), tok.image_id)
+            loss, accuracy = train.evaluate(model, [batch], "cpu", nullcontext())
             if loss < 0.05 and set(accuracy.values()) == {1.0}:
                 break
     assert loss < 0.05 and set(accuracy.values()) == {1.0}, (i, loss, accuracy)
