@@ -20,14 +20,14 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import fields
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
-from casa import FUSIONS, VLM, VLMConfig, pick
-from train import UsageError, model_config, parse_value, pick_device
+from casa import FUSIONS, VLM, pick
+from train import UsageError, model_config, pick_device
+from train import parse_args as parse_model_args
 
 
 def model_for(fusion, overrides, device):
@@ -240,13 +240,9 @@ def parse_args(argv):
             s.add_argument("--batch_size", type=int, default=8)
             s.add_argument("--iters", type=int, default=5)
     args, rest = p.parse_known_args(argv)
-    model_types = {f.name: type(f.default) for f in fields(VLMConfig)}
-    overrides = {}
-    for arg in rest:
-        key, eq, text = arg.removeprefix("--").partition("=")
-        if key not in model_types or not eq:
-            raise UsageError(f"unknown option {arg!r} (see --help)")
-        overrides[key] = parse_value(key, text, model_types[key])
+    train_options, overrides = parse_model_args(rest)  # train.py's --key=value model options
+    if train_options:
+        raise UsageError(f"--{next(iter(train_options))} is a train.py option; bench.py takes model options only")
     args.fusions = [f for f in args.fusions.split(",") if f]
     if set(args.fusions) - set(FUSIONS) or args.turns < 1 or args.tokens < 1:
         raise UsageError(f"--fusions takes names from {', '.join(FUSIONS)}; --turns and --tokens must be >= 1")
