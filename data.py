@@ -323,11 +323,14 @@ def _question(task, scene, rng):
 
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
+FOLLOW_UP_QUESTIONS = ("color", "shape", "count", "position", "relation")
 
 
-def make_conversation(task, seed, size=64):
-    """A conversation for one of TASKS (or VIDEO_TASK, see make_clip); deterministic for (task, seed, size).
-    multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only."""
+def make_conversation(task, seed, size=64, questions=1):
+    """A conversation for one of TASKS (or VIDEO_TASK, see make_clip); deterministic for (task, seed, size,
+    questions). multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only.
+    questions > 1 (training): a single-scene question task goes on with 1 to questions - 1 follow-up questions of
+    random kinds about the same scene, so every image the encoder sees teaches it several answers."""
     if task == VIDEO_TASK:
         return make_clip(seed, size)
     if task not in TASKS:
@@ -342,6 +345,13 @@ def make_conversation(task, seed, size=64):
             qa = _question(kind, scene, rng)
         turns.append(Turn([draw_scene(scene)], *qa))
         scenes.append(scene)
+    if questions > 1 and task in FOLLOW_UP_QUESTIONS:
+        for _ in range(rng.randint(1, questions - 1)):
+            qa = _question(rng.choice(FOLLOW_UP_QUESTIONS), scene, rng)
+            # none when the scene allows none (every shape twice, for colour); never a repeat, whose answer
+            # could be copied from the conversation instead of read from the image
+            if qa is not None and all(qa[0] != turn.question for turn in turns):
+                turns.append(Turn([], *qa))
     return Conversation(task, turns, scenes)
 
 
@@ -419,9 +429,9 @@ def eval_conversations(n_per_task, size, tasks=TASKS):
     return [make_conversation(task, EVAL_SEED0 + i, size) for task in tasks for i in range(n_per_task)]
 
 
-def sample_conversations(rng, n, size, tasks=TASKS):
-    """n fresh training conversations, each of a uniformly drawn task."""
-    return [make_conversation(rng.choice(tasks), train_seed(rng), size) for _ in range(n)]
+def sample_conversations(rng, n, size, tasks=TASKS, questions=1):
+    """n fresh training conversations, each of a uniformly drawn task (see make_conversation for questions)."""
+    return [make_conversation(rng.choice(tasks), train_seed(rng), size, questions) for _ in range(n)]
 
 
 # -----------------------------------------------------------------------------
@@ -661,11 +671,15 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=16, help="number of conversations (default 16)")
     p.add_argument("--size", type=int, default=64, help=f"image size in pixels, >= {MIN_SIZE} (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--questions", type=int, default=1,
+                   help="up to this many questions about each single-scene image, as train.py asks (default 1)")
     p.add_argument("--task", default="all", choices=TASKS + (VIDEO_TASK, "all"),
                    help="task to sample, or all to cycle through every task (default all)")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"--n must be >= 1, got {args.n}")
+    if args.questions < 1:
+        p.error(f"--questions must be >= 1, got {args.questions}")
     if args.size < MIN_SIZE:
         p.error(f"--size must be >= {MIN_SIZE}, got {args.size}")
     tasks = TASKS + (VIDEO_TASK,) if args.task == "all" else (args.task,)
@@ -676,7 +690,7 @@ def main(argv=None):
         listing = []
         for i in range(args.n):
             task = tasks[i % len(tasks)]
-            conv = make_conversation(task, train_seed(rng), args.size)
+            conv = make_conversation(task, train_seed(rng), args.size, args.questions)
             images = [img for turn in conv.turns for img in turn.images]
             name = f"{i:03d}_{task}.png"
             _sheet(images).save(out / name)

@@ -181,6 +181,27 @@ def test_answers_match_scenes(task):
                 assert nearest_color(turn.images[0].getpixel((o["x"], o["y"]))) == turn.answer
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_follow_up_questions_ask_about_the_same_scene(task):
+    n_turns = []
+    for seed in range(25):
+        one, conv = make_conversation(task, seed), make_conversation(task, seed, questions=4)
+        assert fingerprint(make_conversation(task, seed, questions=4)) == fingerprint(conv)  # deterministic
+        if task not in ("color", "shape", "count", "position", "relation"):  # no follow-ups: unchanged
+            assert fingerprint(conv) == fingerprint(one)
+            continue
+        first, *follow_ups = conv.turns
+        assert (first.question, first.answer) == (one.turns[0].question, one.turns[0].answer)
+        assert conv.scenes == one.scenes and len(follow_ups) <= 3
+        questions = [turn.question for turn in conv.turns]
+        assert len(set(questions)) == len(questions)  # never a repeat: its answer could be copied
+        for turn in follow_ups:
+            assert turn.images == []
+            check_answer(turn.question, turn.answer, conv.scenes[0])
+        n_turns.append(len(conv.turns))
+    assert not n_turns or max(n_turns) > 2
+
+
 def test_relation_answers_are_balanced():
     answers = [make_conversation("relation", s).turns[0].answer for s in range(200)]
     assert 70 < answers.count("yes") < 130
