@@ -35,11 +35,13 @@ class TrainConfig:
     init_from: str = "scratch"  # scratch | resume (from out_dir) | path/to/ckpt.pt (start from another model)
     data: str = "synthetic"     # synthetic | a folder holding data.jsonl and its images
     tasks: str = "all"          # synthetic tasks to train on, comma-separated (see data.TASKS, data.VIDEO_TASK)
+    questions: int = 4          # synthetic: up to this many questions about each single-scene image (eval asks 1)
     # optimisation
     batch_size: int = 32
     grad_accum: int = 1         # micro-batches per step, per process: tokens per step = batch * accum * processes
     max_iters: int = 1500
     lr: float = 2e-3            # new weights (everything, from scratch; the fusion layers when adapting)
+    vision_lr: float = 5e-4     # a new vision encoder: a ViT from scratch stalls at 2e-3 (see README)
     pretrained_lr: float = 2e-4  # weights that came from --init_from=PATH (0 freezes them)
     min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
     warmup_iters: int = 100
@@ -100,7 +102,7 @@ def parse_args(argv):
 
 def train_config(options):
     cfg = TrainConfig(**options)
-    for key in ("batch_size", "grad_accum", "eval_interval"):  # 0 would divide by zero or train on nothing
+    for key in ("batch_size", "grad_accum", "eval_interval", "questions"):  # 0 would divide by zero or train on nothing
         if getattr(cfg, key) < 1:
             raise UsageError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
     return cfg
@@ -182,16 +184,17 @@ def lr_factor(it, cfg):
 
 
 def make_optimizer(model, new_names, cfg, fused):
-    """AdamW with four groups: {new, pretrained} x {decayed matrices, undecayed norms/gates/biases}."""
+    """AdamW with a group per learning rate (new weights, a new vision encoder, pretrained weights) and per
+    kind (decayed matrices, undecayed norms/gates/biases)."""
     groups = {}
     for name, p in model.named_parameters():
         new = name in new_names
         if not new and cfg.pretrained_lr == 0:
             p.requires_grad_(False)  # adapting a frozen model: only the new layers learn
             continue
-        key = (new, p.dim() >= 2)
-        groups.setdefault(key, {"params": [], "base_lr": cfg.lr if new else cfg.pretrained_lr,
-                                "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
+        lr = (cfg.vision_lr if name.startswith("vision.") else cfg.lr) if new else cfg.pretrained_lr
+        groups.setdefault((lr, p.dim() >= 2), {"params": [], "base_lr": lr, "weight_decay":
+                          cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
     if not groups:
         raise UsageError("nothing to train: every weight came from --init_from and --pretrained_lr=0 freezes them")
     return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
@@ -233,7 +236,7 @@ class Conversations:
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
         if self.cfg.data == "synthetic":  # one task per batch: similar lengths, so little padding to compute on
             task = rng.choice(self.tasks)
-            return data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,))
+            return data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,), self.cfg.questions)
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
 
 

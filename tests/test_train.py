@@ -270,6 +270,11 @@ def test_optimizer_groups():
     assert {name for name, p in model.named_parameters() if p.requires_grad} == new
     with pytest.raises(train.UsageError, match="nothing to train"):
         train.make_optimizer(model, set(), train.TrainConfig(pretrained_lr=0), False)
+    # from scratch every weight is new, and a new vision encoder gets its own learning rate
+    scratch = train.make_optimizer(model, names, train.TrainConfig(lr=1e-3, vision_lr=3e-4), False)
+    for group in scratch.param_groups:
+        vision = {by_id[id(p)].startswith("vision.") for p in group["params"]}
+        assert vision in ({True}, {False}) and group["base_lr"] == (3e-4 if vision == {True} else 1e-3)
 
 
 def test_ranks_iterations_and_micro_batches_get_different_data():
