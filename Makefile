@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 # The default CASA model on every task, sized to take about five minutes on a 2-core laptop CPU.
-DEMO_ARGS ?= --max_iters=700 --eval_interval=350 --eval_per_task=64
+DEMO_ARGS ?= --max_iters=300 --eval_interval=150 --eval_per_task=64
 DEMO_QUESTION ?= how many shapes are there?
 demo: setup
 	$(PY) train.py --out_dir=out-demo $(DEMO_ARGS)
