@@ -331,8 +331,10 @@ def main(argv):
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError:  # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
+            run = ckpt["train_config"]  # the options of the run that wrote it
             raise UsageError("the checkpoint's optimizer state does not fit; resume with the --pretrained_lr "
-                             f"of the run that wrote it ({ckpt['train_config']['pretrained_lr']})") from None
+                             f"of the run that wrote it ({run['pretrained_lr']}) and its --vision_lr "
+                             f"({run.get('vision_lr', run['lr'])})") from None
         scaler.load_state_dict(ckpt["scaler"])
         random.setstate(ckpt["rng"]["python"])
         torch.set_rng_state(ckpt["rng"]["torch"])
