@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
-from casa import VisionEncoder, VLMConfig  # noqa: E402
+from casa import VLM, VLMConfig  # noqa: E402
 
 
 class SmallCNN(nn.Module):
@@ -59,7 +59,8 @@ def main():
     args = p.parse_args()
     torch.manual_seed(args.seed)
     cfg = VLMConfig(vit_layers=args.vit_layers)
-    encoder = VisionEncoder(cfg) if args.encoder == "vit" else SmallCNN(cfg.n_embd)
+    # the ViT exactly as a VLM builds and initialises it (the language model around it is not used)
+    encoder = VLM(cfg).vision if args.encoder == "vit" else SmallCNN(cfg.n_embd)
     head = nn.Linear(cfg.n_embd, len(data.SHAPES))
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
