@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -503,3 +504,9 @@ def test_training_from_a_folder(runs):
     assert source.held_out == [] and len(source.train) == 4  # too few examples to hold any out
     answers = {c.turns[0].answer for it in range(5) for c in source.batch(it, 0, 0)}
     assert answers <= {f"image {i}" for i in range(4)} and len(answers) > 1
+
+
+def test_vision_probe_exercise_runs():
+    r = run("exercises/vision_probe.py", "--encoder=vit", "--vit_layers=1", "--iters=50", "--batch_size=4")
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"iter 50: loss \d+\.\d{3}, held-out accuracy \d+% \(\d+ s\)\n", r.stdout)
