@@ -323,7 +323,7 @@ def _question(task, scene, rng):
 
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
-FOLLOW_UP_QUESTIONS = ("color", "shape", "count", "position", "relation")
+FOLLOW_UP_QUESTIONS = MULTI_IMAGE_QUESTIONS + ("relation",)
 
 
 def make_conversation(task, seed, size=64, questions=1):
@@ -665,8 +665,8 @@ def _sheet(images, cols=8):
 
 
 def main(argv=None):
-    p = OneLineErrorParser(prog="data.py", description="Write sample conversations: DIR/NNN_task.png (all images of a "
-                "conversation, left to right in rows of 8) and DIR/conversations.txt (the text).")
+    p = OneLineErrorParser(prog="data.py", description="Write sample conversations: DIR/NNN_task.png (all images "
+                           "of a conversation, left to right in rows of 8) and DIR/conversations.txt (the text).")
     p.add_argument("--out", required=True, help="output folder (created if needed)")
     p.add_argument("--n", type=int, default=16, help="number of conversations (default 16)")
     p.add_argument("--size", type=int, default=64, help=f"image size in pixels, >= {MIN_SIZE} (default 64)")

@@ -375,7 +375,6 @@ def main(argv):
         _, blind = evaluate(eval_model, blind_batches, device, autocast)
         result = {"iter": it, "val_loss": val_loss, "accuracy": accuracy, "blind_accuracy": blind}
         log.write(json.dumps({"kind": "eval", **result}) + "\n")
-        log.flush()
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
             json.dump(result, f, indent=1)
         return result
