@@ -30,6 +30,7 @@ class VLMConfig:
     vit_layers: int = 3
     vit_dim: int = 128
     vit_heads: int = 4
+    vit_layer_scale: float = 0.01  # ViT residual branches start scaled by this (CaiT's LayerScale; 0 = off)
     # language model (decoder-only, RoPE, tied output head)
     vocab_size: int = 96
     image_token_id: int = 2
@@ -55,6 +56,8 @@ class VLMConfig:
                 raise ValueError(f"width {dim} must split into {heads} heads of even size (RoPE rotates pairs)")
         if self.cross_every < 1:
             raise ValueError(f"cross_every must be >= 1, got {self.cross_every}")
+        if self.vit_layer_scale < 0:
+            raise ValueError(f"vit_layer_scale must be >= 0 (0 = off), got {self.vit_layer_scale}")
         if self.gate and self.fusion != "cross":
             raise ValueError("gate=True is for fusion=cross: CASA gates itself through its softmax (paper, Sec. 3)")
         if not 0 <= self.image_token_id < self.vocab_size:
@@ -213,6 +216,10 @@ def split_windows(h, s, n):
     return h_w, Stream(pos_w, win_w, images, image_pos, image_win), (group, slot)
 
 
+def scaled(update, scale):
+    return update if scale is None else update * scale
+
+
 class Block(nn.Module):
     """Pre-norm transformer block. In an LM block with a fusion layer, that layer runs in parallel with the
     text self-attention, each with its own norm (paper's layout):
@@ -220,7 +227,7 @@ class Block(nn.Module):
     Without a Stream (the ViT) every token sees every token."""
 
     def __init__(self, dim, n_head, rope_base, fusion=None, share_weights=False, gate=False, block_wise=False,
-                 image_tokens=0):
+                 image_tokens=0, layer_scale=None):
         super().__init__()
         self.fusion, self.share_weights = fusion, share_weights
         self.block_wise, self.image_tokens = block_wise, image_tokens
@@ -231,6 +238,10 @@ class Block(nn.Module):
                 self.cross = Attention(dim, n_head, rope_base)
             self.gate = nn.Parameter(torch.zeros(1)) if gate else None
         self.norm3, self.mlp = nn.RMSNorm(dim), MLP(dim)
+        # LayerScale: learned per-channel gains on both residual branches, started small, so that the random blocks
+        # of a new ViT do not drown the patch embedding while it learns (without them shapes hardly learn: README)
+        self.attn_scale = nn.Parameter(torch.full((dim,), layer_scale)) if layer_scale else None
+        self.mlp_scale = nn.Parameter(torch.full((dim,), layer_scale)) if layer_scale else None
 
     def start_fusion_from_self_attention(self):
         """Paper's initialisation: a new fusion layer starts as a copy of its block's self-attention."""
@@ -242,7 +253,7 @@ class Block(nn.Module):
     def forward(self, x, s=None, cache=None):
         h = self.norm1(x)
         if s is None:
-            return self.mlp_residual(x + self.attn(h, self.attn.kv(h)))
+            return self.mlp_residual(x + scaled(self.attn(h, self.attn.kv(h)), self.attn_scale))
         kv = self.attn.kv(h, s.pos, s.win, rotate=True)
         if cache is not None:
             kv = cache["self"] = cache["self"].then(kv) if "self" in cache else kv
@@ -252,7 +263,7 @@ class Block(nn.Module):
         return self.mlp_residual(x + update)
 
     def mlp_residual(self, h):
-        return h + self.mlp(self.norm3(h))
+        return h + scaled(self.mlp(self.norm3(h)), self.mlp_scale)
 
     def fuse(self, h, s, cache):
         """Cross-attention or CASA. Image tokens are keys only: never queries, never updated, never cached with
@@ -293,7 +304,8 @@ class VisionEncoder(nn.Module):
         d, p = config.vit_dim, config.patch_size
         self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)  # one linear map per non-overlapping patch
         self.pos_emb = nn.Parameter(torch.zeros(1, config.image_tokens, d))
-        self.blocks = nn.ModuleList(Block(d, config.vit_heads, config.rope_base) for _ in range(config.vit_layers))
+        self.blocks = nn.ModuleList(Block(d, config.vit_heads, config.rope_base, layer_scale=config.vit_layer_scale)
+                                    for _ in range(config.vit_layers))
         self.norm = nn.RMSNorm(d)
         self.projector = nn.Sequential(nn.Linear(d, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd))
 

@@ -282,6 +282,24 @@ def test_fusion_layers_start_as_copies_of_self_attention(fusion):
         assert torch.equal(block.cross.q_proj.weight, block.attn.q_proj.weight)
 
 
+def test_vit_blocks_start_scaled_down_and_lm_blocks_do_not():
+    """LayerScale: each ViT residual branch is multiplied by a learned per-channel gain that starts at
+    vit_layer_scale; with the gains at zero the blocks are the identity. LM blocks have no gains."""
+    model = tiny("casa", vit_layers=2, vit_layer_scale=0.01)
+    for block in model.vision.blocks:
+        assert torch.equal(block.attn_scale, torch.full((32,), 0.01))
+        assert torch.equal(block.mlp_scale, torch.full((32,), 0.01))
+    assert all(block.attn_scale is None and block.mlp_scale is None for block in model.blocks)
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        for block in model.vision.blocks:
+            block.attn_scale.zero_(), block.mlp_scale.zero_()
+        without_blocks = tiny("casa", vit_layers=0)
+        without_blocks.load_state_dict(model.state_dict(), strict=False)
+        torch.testing.assert_close(model.vision(images), without_blocks.vision(images), atol=0, rtol=0)
+    assert tiny("casa", vit_layer_scale=0).vision.blocks[0].attn_scale is None
+
+
 def test_load_pretrained_rejects_other_sizes():
     with pytest.raises(ValueError, match="sizes differ"):
         tiny("casa").load_pretrained(tiny("insertion", n_embd=64).state_dict())
@@ -303,7 +321,7 @@ def test_marker_and_image_counts_must_match():
 
 
 @pytest.mark.parametrize("bad", [dict(fusion="concat"), dict(gate=True), dict(image_size=30),
-                                 dict(n_embd=30), dict(cross_every=0)])
+                                 dict(n_embd=30), dict(cross_every=0), dict(vit_layer_scale=-0.1)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         casa.VLMConfig(**bad)
