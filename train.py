@@ -41,7 +41,7 @@ class TrainConfig:
     grad_accum: int = 1         # micro-batches per step, per process: tokens per step = batch * accum * processes
     max_iters: int = 1500
     lr: float = 2e-3            # new weights (everything, from scratch; the fusion layers when adapting)
-    vision_lr: float = 5e-4     # a new vision encoder: a ViT from scratch stalls at 2e-3 (see README)
+    vision_lr: float = 5e-4     # a new vision encoder (5e-4 and 2e-3 measured alike since LayerScale: README)
     pretrained_lr: float = 2e-4  # weights that came from --init_from=PATH (0 freezes them)
     min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
     warmup_iters: int = 100
