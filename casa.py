@@ -252,18 +252,17 @@ class Block(nn.Module):
 
     def forward(self, x, s=None, cache=None):
         h = self.norm1(x)
-        if s is None:
-            return self.mlp_residual(x + scaled(self.attn(h, self.attn.kv(h)), self.attn_scale))
-        kv = self.attn.kv(h, s.pos, s.win, rotate=True)
-        if cache is not None:
-            kv = cache["self"] = cache["self"].then(kv) if "self" in cache else kv
-        update = self.attn(h, kv, may_attend("self", s.pos, s.win, kv.pos, kv.win), s.pos, rotate=True)
-        if self.fusion:
-            update = update + self.fuse(self.norm2(x), s, cache)
-        return self.mlp_residual(x + update)
-
-    def mlp_residual(self, h):
-        return h + scaled(self.mlp(self.norm3(h)), self.mlp_scale)
+        if s is None:  # the ViT: every token sees every token
+            update = self.attn(h, self.attn.kv(h))
+        else:
+            kv = self.attn.kv(h, s.pos, s.win, rotate=True)
+            if cache is not None:
+                kv = cache["self"] = cache["self"].then(kv) if "self" in cache else kv
+            update = self.attn(h, kv, may_attend("self", s.pos, s.win, kv.pos, kv.win), s.pos, rotate=True)
+            if self.fusion:
+                update = update + self.fuse(self.norm2(x), s, cache)
+        x = x + scaled(update, self.attn_scale)
+        return x + scaled(self.mlp(self.norm3(x)), self.mlp_scale)
 
     def fuse(self, h, s, cache):
         """Cross-attention or CASA. Image tokens are keys only: never queries, never updated, never cached with

@@ -293,7 +293,8 @@ def test_vit_blocks_start_scaled_down_and_lm_blocks_do_not():
     images = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         for block in model.vision.blocks:
-            block.attn_scale.zero_(), block.mlp_scale.zero_()
+            block.attn_scale.zero_()
+            block.mlp_scale.zero_()
         without_blocks = tiny("casa", vit_layers=0)
         without_blocks.load_state_dict(model.state_dict(), strict=False)
         torch.testing.assert_close(model.vision(images), without_blocks.vision(images), atol=0, rtol=0)
