@@ -78,14 +78,15 @@ def parse_value(key, text, kind):
         raise UsageError(f"--{key} expects {kind.__name__}, got {text!r}") from None
 
 
-def parse_args(argv):
-    """--key=value overrides for TrainConfig and VLMConfig: two dicts of the options given, checked and typed."""
-    train_types = {f.name: type(f.default) for f in fields(TrainConfig)}
+def parse_args(argv, run_config=TrainConfig, doc=__doc__):
+    """--key=value overrides for a run's config (TrainConfig here; pretrain_vision.py passes its own and its doc)
+    and VLMConfig: two dicts of the options given, checked and typed."""
+    train_types = {f.name: type(f.default) for f in fields(run_config)}
     model_types = {f.name: type(f.default) for f in fields(VLMConfig) if f.name in MODEL_KEYS}
     train_overrides, model_overrides = {}, {}
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(usage())
+            print(usage(run_config, doc))
             sys.exit(0)
         key, eq, text = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not eq:
@@ -108,9 +109,9 @@ def train_config(options):
     return cfg
 
 
-def usage():
-    lines = [__doc__.strip(), "", "training options (TrainConfig):"]
-    lines += [f"  --{f.name}={f.default}" for f in fields(TrainConfig)]
+def usage(run_config, doc):
+    lines = [doc.strip(), "", f"training options ({run_config.__name__}):"]
+    lines += [f"  --{f.name}={f.default}" for f in fields(run_config)]
     lines += ["", "model options (VLMConfig; vocab_size and image_token_id come from the tokenizer):"]
     lines += [f"  --{f.name}={f.default}" for f in fields(VLMConfig) if f.name in MODEL_KEYS]
     return "\n".join(lines)

@@ -510,3 +510,43 @@ def test_vision_probe_exercise_runs():
     r = run("exercises/vision_probe.py", "--encoder=vit", "--vit_layers=1", "--iters=50", "--batch_size=4")
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"iter 50: loss \d+\.\d{3}, held-out accuracy \d+% \(\d+ s\)\n", r.stdout)
+
+
+# ------------------------------------------------------------------------------------------------ pretrain_vision.py
+
+PRETRAIN = MODEL + ["--batch_size=4", "--eval_scenes=4", "--warmup_iters=0", "--min_lr_ratio=1.0"]
+
+
+def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
+    """pretrain_vision.py writes an encoder-only checkpoint that train.py --init_from builds a VLM on (every vision
+    weight copied, the rest new); stopping at 2 and resuming to 4 gives exactly the weights of a straight 4."""
+    straight, first = pool.map(lambda a: ok(run("pretrain_vision.py", *PRETRAIN, *a)), [
+        [f"--out_dir={tmp_path / 'A'}", "--max_iters=4", "--eval_interval=2"],
+        [f"--out_dir={tmp_path / 'B'}", "--max_iters=2", "--eval_interval=2"]])
+    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%, cell \d+%",
+                     straight.stdout)
+    ok(run("pretrain_vision.py", f"--out_dir={tmp_path / 'B'}", "--init_from=resume", "--max_iters=4"))
+    a, b = load(tmp_path / "A" / "ckpt.pt"), load(tmp_path / "B" / "ckpt.pt")
+    assert a["iter"] == b["iter"] == 4 and a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(k.startswith("vision.") for k in a["model"])
+
+    vlm = VLM(VLMConfig(**a["model_config"]))
+    new = vlm.load_pretrained(a["model"])
+    assert set(new) == {name for name, _ in vlm.named_parameters() if not name.startswith("vision.")}
+    assert all(torch.equal(vlm.state_dict()[k], v) for k, v in a["model"].items())
+    r = ok(run_train(*TINY, f"--out_dir={tmp_path / 'vlm'}", f"--init_from={tmp_path / 'A' / 'ckpt.pt'}",
+                     "--max_iters=2", "--eval_interval=2", "--tasks=shape"))
+    assert "checkpoint:" in r.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--max_iter=3"], "unknown option --max_iter; did you mean --max_iters?"),
+    (["--batch_size=0"], "--batch_size must be >= 1, got 0"),
+    (["--init_from=out/ckpt.pt"], "--init_from expects scratch or resume, got 'out/ckpt.pt'"),
+    (["--init_from=resume", "--out_dir=/nonexistent"], "no checkpoint at /nonexistent/ckpt.pt"),
+])
+def test_pretrain_vision_bad_command_line_is_one_clean_line(args, says):
+    r = run("pretrain_vision.py", *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == f"pretrain_vision.py: error: {says}\n"

@@ -1,0 +1,152 @@
+"""
+Pretrain casa's vision encoder on its own, before it meets a language model.
+
+Real VLMs start from a vision encoder someone else trained (CLIP, SigLIP); casa downloads nothing, so this script
+trains one on the procedural scenes, in a minute or two on a CPU. Every patch token learns to name what lies under
+its centre: the shape, the colour and the cell (top left ... bottom right) of the object there, or "none" (dense
+labels, like a segmentation backbone's). Three linear heads read the tokens and are thrown away afterwards; the
+checkpoint holds the encoder only, and train.py builds a VLM on top of it:
+
+    python pretrain_vision.py                                  # writes out-vision/ckpt.pt
+    python train.py --init_from=out-vision/ckpt.pt             # the VLM; the encoder trains on at --pretrained_lr
+    python pretrain_vision.py --init_from=resume               # carry on exactly where a run stopped
+
+Why: trained from scratch inside the VLM, the encoder learns colours but not shapes, because the only signal it
+gets comes through fusion layers that do not yet know where to look (README, "Accuracy against budget").
+Options are --key=value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part of).
+"""
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+from casa import VLM, VLMConfig
+from train import (UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device,
+                   save_checkpoint)
+
+
+@dataclass
+class PretrainConfig:
+    out_dir: str = "out-vision"
+    init_from: str = "scratch"  # scratch | resume (from out_dir)
+    batch_size: int = 32        # scenes per step; every one gives 64 labelled patches
+    max_iters: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
+    warmup_iters: int = 50
+    weight_decay: float = 0.1
+    eval_interval: int = 250
+    eval_scenes: int = 256      # held-out scenes
+    seed: int = 0
+    device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+
+
+LABELS = ("shape", "color", "cell")  # what each patch names, in the order of data.patch_labels
+
+
+def scenes(seed, n, size, grid):
+    """n random scenes (the VLM's own generator) as images (n, 3, size, size) and labels (n, 3, grid * grid)."""
+    rng = random.Random(seed)
+    drawn = [data.sample_scene(rng, size) for _ in range(n)]
+    images = torch.stack([data.to_tensor(data.draw_scene(scene)) for scene in drawn])
+    return images, torch.stack([data.patch_labels(scene, grid) for scene in drawn])
+
+
+class Heads(nn.Module):
+    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes)] * 3."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, k + 1) for k in (len(data.SHAPES), len(data.COLORS),
+                                                                  len(data.CELLS)))  # + 1: "none"
+
+    def forward(self, tokens):
+        return [head(tokens) for head in self.heads]
+
+
+def loss_and_hits(encoder, heads, images, labels):
+    """Summed cross-entropy of the three heads over all patches, and per label kind the fraction right on
+    patches that show an object (the "none" patches are easy and would flatter the number)."""
+    logits = heads(encoder(images))
+    loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten()) for k, lg in enumerate(logits))
+    on_object = labels[:, 0] < len(data.SHAPES)  # (n, N)
+    hits = {name: (lg.argmax(-1) == labels[:, k])[on_object].float().mean().item()
+            for k, (name, lg) in enumerate(zip(LABELS, logits))}
+    return loss, hits
+
+
+def main(argv):
+    run_overrides, model_overrides = parse_args(argv, PretrainConfig, __doc__)
+    cfg = PretrainConfig(**run_overrides)
+    for key in ("batch_size", "max_iters", "eval_interval", "eval_scenes"):
+        if getattr(cfg, key) < 1:
+            raise UsageError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.init_from not in ("scratch", "resume"):
+        raise UsageError(f"--init_from expects scratch or resume, got {cfg.init_from!r}")
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
+    if ckpt:  # the saved options, but for those given now
+        cfg = PretrainConfig(**{**ckpt["train_config"], **run_overrides, "init_from": "resume"})
+        model_overrides = {**ckpt["model_config"], **model_overrides}
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tok = data.Tokenizer()
+    model_cfg = model_config({k: v for k, v in model_overrides.items() if k not in ("vocab_size", "image_token_id")},
+                             vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    encoder = VLM(model_cfg).vision  # built and initialised exactly as a VLM builds it
+    heads = Heads(model_cfg.n_embd)
+    params = list(encoder.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95))
+    start_iter = 0
+    if ckpt:
+        encoder.load_state_dict({k.removeprefix("vision."): v for k, v in ckpt["model"].items()})
+        heads.load_state_dict(ckpt["heads"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_iter = ckpt["iter"]
+    encoder.to(device)
+    heads.to(device)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    grid = model_cfg.image_size // model_cfg.patch_size
+    held_out = [t.to(device) for t in scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
+    print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
+    t0 = time.time()
+    for it in range(start_iter, cfg.max_iters):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(it, cfg)
+        # a pure function of (seed, iteration), so a resumed run sees exactly the batches it would have seen
+        images, labels = scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid)
+        loss, _ = loss_and_hits(encoder, heads, images.to(device), labels.to(device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.max_iters:
+            with torch.no_grad():
+                encoder.eval()
+                _, hits = loss_and_hits(encoder, heads, *held_out)
+                encoder.train()
+            print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
+                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({time.time() - t0:.0f} s)")
+            save_checkpoint(ckpt_path, {
+                "model": {f"vision.{k}": v for k, v in encoder.state_dict().items()}, "heads": heads.state_dict(),
+                "optimizer": optimizer.state_dict(), "iter": it + 1, "model_config": asdict(model_cfg),
+                "train_config": asdict(cfg), "tokenizer": tok.state()})
+    print(f"checkpoint: {ckpt_path} (start a VLM from it: python train.py --init_from={ckpt_path})")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (UsageError, data.DataError) as e:
+        print(f"pretrain_vision.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("pretrain_vision.py: interrupted (the last checkpoint is intact)", file=sys.stderr)
+        sys.exit(130)
