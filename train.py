@@ -3,6 +3,7 @@ Train a tiny vision-language model (see casa.py) on procedural scenes, or on you
 
     python train.py                                   # the default CASA model, a few minutes on a laptop CPU
     python train.py --fusion=insertion --out_dir=out-insertion
+    python train.py --init_from=out-vision/ckpt.pt  # on a vision encoder from pretrain_vision.py (make demo does)
     python train.py --init_from=out-insertion/ckpt.pt --fusion=casa --pretrained_lr=0   # adapt a frozen VLM
     python train.py --init_from=resume --out_dir=out  # carry on exactly where a run stopped
     torchrun --standalone --nproc_per_node=2 train.py --device=cpu   # DDP (gloo on CPU, nccl on GPUs)
@@ -32,7 +33,7 @@ from casa import VLM, VLMConfig
 @dataclass
 class TrainConfig:
     out_dir: str = "out"
-    init_from: str = "scratch"  # scratch | resume (from out_dir) | path/to/ckpt.pt (start from another model)
+    init_from: str = "scratch"  # scratch | resume (from out_dir) | path/to/ckpt.pt (another model or an encoder)
     data: str = "synthetic"     # synthetic | a folder holding data.jsonl and its images
     tasks: str = "all"          # synthetic tasks to train on, comma-separated (see data.TASKS, data.VIDEO_TASK)
     questions: int = 4          # synthetic: up to this many questions about each single-scene image (eval asks 1)
