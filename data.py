@@ -325,24 +325,24 @@ def _question(task, scene, rng):
 CELLS = tuple(cell for row in GRID for cell in row)  # the 9 answers of the position question, row-major
 
 
-def patch_labels(scene, grid):
-    """What each patch of a grid x grid split of the scene shows, for pretraining the vision encoder alone
-    (pretrain_vision.py): the shape, colour and cell (index into SHAPES, COLORS, CELLS) of the object whose box
-    holds the patch centre, or len(SHAPES), len(COLORS), len(CELLS) ("none") where no object's box does.
-    (3, grid * grid) long tensor, patches row-major like the ViT's tokens."""
+def patch_objects(scene, grid):
+    """Which object each patch of a grid x grid split of the scene shows, for pretraining the vision encoder
+    (pretrain_vision.py): the index in scene["objects"] of the object whose box holds the patch centre, or -1.
+    (grid * grid,) long tensor, patches row-major like the ViT's tokens."""
     size = scene["size"]
-    labels = torch.tensor([len(SHAPES), len(COLORS), len(CELLS)]).repeat(grid * grid, 1)  # (grid*grid, 3)
+    owner = torch.full((grid, grid), -1)
     centres = (torch.arange(grid) + 0.5) * size / grid
-    for o in scene["objects"]:  # boxes never overlap (_place keeps them apart)
-        x0, y0, x1, y1 = o["bbox"]
-        # pixel x spans [x, x + 1), so the box's pixels span [x0, x1 + 1)
+    for i, o in enumerate(scene["objects"]):  # boxes never overlap (_place keeps them apart)
+        x0, y0, x1, y1 = o["bbox"]  # pixel x spans [x, x + 1), so the box's pixels span [x0, x1 + 1)
         inside_x = (centres >= x0) & (centres < x1 + 1)
         inside_y = (centres >= y0) & (centres < y1 + 1)
-        inside = (inside_y[:, None] & inside_x[None, :]).flatten()
-        labels[inside] = torch.tensor([SHAPES.index(o["shape"]), list(COLORS).index(o["color"]),
-                                       CELLS.index(_cell(o, size))])
-    return labels.T
+        owner[inside_y[:, None] & inside_x[None, :]] = i
+    return owner.flatten()
 
+
+def object_labels(o, size):
+    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS (what pretraining predicts)."""
+    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
 FOLLOW_UP_QUESTIONS = MULTI_IMAGE_QUESTIONS + ("relation",)

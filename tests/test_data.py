@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from data import (  # noqa: E402
     ALPHABET, CELLS, COLORS, EVAL_SEED0, SHAPES, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
     collate, draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
-    main, make_conversation, patch_labels, render_scene, sample_conversations, to_tensor, train_seed,
+    main, make_conversation, object_labels, patch_objects, render_scene, sample_conversations, to_tensor, train_seed,
 )
 
 GRAY = (128, 128, 128)
@@ -125,27 +125,24 @@ def test_scene_pixels_match_description():
             assert box.max() > 200 and box.min() < 80  # dark ink on a light box
 
 
-def test_patch_labels_name_the_object_under_each_patch():
-    """The pretraining labels (pretrain_vision.py): the patch holding an object's centre names that object's shape,
-    colour and cell (the position answer); a patch whose centre pixel shows background says "none"."""
-    none = torch.tensor([len(SHAPES), len(COLORS), len(CELLS)])
+def test_patch_objects_and_object_labels_match_the_scene():
+    """What pretrain_vision.py learns from: the patch holding an object's centre belongs to that object, a patch whose
+    centre pixel shows background belongs to none, and an object's labels are its shape, colour and position answer."""
     for seed in range(40):
         img, scene = render_scene(seed)
         px = np.asarray(img).astype(int)
-        labels = patch_labels(scene, 8)  # 8 x 8 patches of 8 px
-        assert labels.shape == (3, 64) and labels.dtype == torch.long
-        for o in scene["objects"]:
+        owner = patch_objects(scene, 8)  # 8 x 8 patches of 8 px
+        assert owner.shape == (64,) and owner.dtype == torch.long
+        for i, o in enumerate(scene["objects"]):
+            assert owner[(o["y"] // 8) * 8 + o["x"] // 8] == i
+            assert 1 <= int((owner == i).sum()) <= 9  # a box spans 1 to 3 x 3 patches
             cell = (("top left", "top", "top right"), ("left", "center", "right"),
                     ("bottom left", "bottom", "bottom right"))[min(2, 3 * o["y"] // 64)][min(2, 3 * o["x"] // 64)]
-            assert labels[:, (o["y"] // 8) * 8 + o["x"] // 8].tolist() == [
-                SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(cell)]
-        for k in range(64):
-            if labels[:, k].tolist() == none.tolist():  # no object's box holds the patch centre
-                y, x = (k // 8) * 8 + 4, (k % 8) * 8 + 4
-                assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60
-        on_objects = int((labels[0] < len(SHAPES)).sum())
-        assert len(scene["objects"]) <= on_objects <= 9 * len(scene["objects"])  # a box spans 1 to 3 x 3 patches
-
+            assert object_labels(o, 64) == (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]),
+                                            CELLS.index(cell))
+        for k in torch.nonzero(owner == -1).flatten().tolist():
+            y, x = (k // 8) * 8 + 4, (k % 8) * 8 + 4
+            assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60
 
 def check_answer(question, answer, scene):
     """Recompute the answer to a generated question from the scene description."""
