@@ -102,15 +102,21 @@ def main(argv):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
     if ckpt:  # the saved options, but for those given now
+        if "heads" not in ckpt:
+            raise UsageError(f"{ckpt_path} was not written by pretrain_vision.py (it holds no heads to resume)")
+        changed = [k for k, v in model_overrides.items() if ckpt["model_config"][k] != v]
+        if changed:
+            raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has "
+                             f"{ckpt['model_config'][changed[0]]})")
         cfg = PretrainConfig(**{**ckpt["train_config"], **run_overrides, "init_from": "resume"})
-        model_overrides = {**ckpt["model_config"], **model_overrides}
+        model_overrides = ckpt["model_config"]
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     tok = data.Tokenizer()
     model_cfg = model_config({k: v for k, v in model_overrides.items() if k not in ("vocab_size", "image_token_id")},
                              vocab_size=tok.vocab_size, image_token_id=tok.image_id)
-    encoder = VLM(model_cfg).vision  # built and initialised exactly as a VLM builds it
-    heads = Heads(model_cfg.n_embd)
+    encoder = VLM(model_cfg).vision.to(device)  # built and initialised exactly as a VLM builds it
+    heads = Heads(model_cfg.n_embd).to(device)
     params = list(encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
@@ -121,8 +127,6 @@ def main(argv):
         heads.load_state_dict(ckpt["heads"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_iter = ckpt["iter"]
-    encoder.to(device)
-    heads.to(device)
     os.makedirs(cfg.out_dir, exist_ok=True)
     grid = model_cfg.image_size // model_cfg.patch_size
     held_out = [t.to(device) for t in scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained

@@ -538,6 +538,10 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
     r = ok(run_train(*TINY, f"--out_dir={tmp_path / 'vlm'}", f"--init_from={tmp_path / 'A' / 'ckpt.pt'}",
                      "--max_iters=2", "--eval_interval=2", "--tasks=shape"))
     assert "checkpoint:" in r.stdout
+    for args, says in (([f"--out_dir={tmp_path / 'vlm'}"], "was not written by pretrain_vision.py"),
+                       ([f"--out_dir={tmp_path / 'A'}", "--vit_dim=64"], "--vit_dim cannot change when resuming")):
+        r = run("pretrain_vision.py", "--init_from=resume", *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
 
 
 def test_pretrain_vision_reads_each_object_from_its_own_patches():
