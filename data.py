@@ -322,9 +322,6 @@ def _question(task, scene, rng):
     return f"is the {_name(a, objects)} {word} the {_name(b, objects)}?", "yes" if holds else "no"
 
 
-CELLS = tuple(cell for row in GRID for cell in row)  # the 9 answers of the position question, row-major
-
-
 def patch_objects(scene, grid):
     """Which object each patch of a grid x grid split of the scene shows, for pretraining the vision encoder
     (pretrain_vision.py): the index in scene["objects"] of the object whose box holds the patch centre, or -1.
@@ -340,9 +337,10 @@ def patch_objects(scene, grid):
     return owner.flatten()
 
 
-def object_labels(o, size):
-    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS (what pretraining predicts)."""
-    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
+def object_labels(o):
+    """An object's shape and colour as indices into SHAPES and COLORS (what pretraining predicts)."""
+    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"])
+
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
 FOLLOW_UP_QUESTIONS = MULTI_IMAGE_QUESTIONS + ("relation",)

@@ -2,10 +2,10 @@
 Pretrain casa's vision encoder on its own, before it meets a language model.
 
 Real VLMs start from a vision encoder someone else trained (CLIP, SigLIP); casa downloads nothing, so this script
-trains one on the procedural scenes, in a few minutes on a CPU. Each object in a scene is read from the mean of the
-tokens of the patches it covers, and three linear heads name its shape, its colour and its cell (top left ...
-bottom right) from that; so the tokens learn to carry what the questions will ask about the object they show. The
-heads are thrown away afterwards; the checkpoint holds the encoder only, and train.py builds a VLM on top of it:
+trains one on the procedural scenes, in a few minutes on a CPU. Every patch token learns to name what lies under its
+centre: the shape and the colour of the object there, or "none" (dense labels, like a segmentation backbone's), so
+each token of an object carries what the questions will ask about it. Two linear heads read the tokens and are
+thrown away afterwards; the checkpoint holds the encoder only, and train.py builds a VLM on top of it:
 
     python pretrain_vision.py                                  # writes out-vision/ckpt.pt
     python train.py --init_from=out-vision/ckpt.pt             # the VLM; the encoder trains on at --pretrained_lr
@@ -35,11 +35,11 @@ from train import (UsageError, load_checkpoint, lr_factor, model_config, parse_a
 class PretrainConfig:
     out_dir: str = "out-vision"
     init_from: str = "scratch"  # scratch | resume (from out_dir)
-    batch_size: int = 32        # scenes per step (1 to 4 objects each)
+    batch_size: int = 32        # scenes per step, 64 labelled patches each
     max_iters: int = 1000
     lr: float = 2e-3
-    min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
-    warmup_iters: int = 50
+    min_lr_ratio: float = 1.0   # cosine decay ends at lr * min_lr_ratio (1 = a constant rate: README runs)
+    warmup_iters: int = 0
     weight_decay: float = 0.1
     eval_interval: int = 250
     eval_scenes: int = 256      # held-out scenes
@@ -47,46 +47,41 @@ class PretrainConfig:
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
 
 
-LABELS = ("shape", "color", "cell")  # what is predicted about each object, in the order of data.object_labels
+LABELS = ("shape", "color")  # what each patch names, in the order of data.object_labels
+NONE = (len(data.SHAPES), len(data.COLORS))  # the label of a patch that shows no object
 
 
 def scenes(seed, n, size, grid):
-    """n random scenes from the VLM's own generator: images (n, 3, size, size); members (n, M, grid * grid), 1 where
-    a patch shows object m (M = the most objects in a scene); labels (n, M, 3), -100 where a scene has fewer."""
+    """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, the labels of
+    the object under its centre or NONE: (n, grid * grid, 2)."""
     rng = random.Random(seed)
     drawn = [data.sample_scene(rng, size) for _ in range(n)]
     images = torch.stack([data.to_tensor(data.draw_scene(scene)) for scene in drawn])
-    M = max(len(scene["objects"]) for scene in drawn)
-    owners = torch.stack([data.patch_objects(scene, grid) for scene in drawn])  # (n, N), -1 = no object
-    members = (owners[:, None, :] == torch.arange(M)[None, :, None]).float()
-    labels = torch.full((n, M, len(LABELS)), -100)
-    for i, scene in enumerate(drawn):
-        for m, o in enumerate(scene["objects"]):
-            labels[i, m] = torch.tensor(data.object_labels(o, size))
-    return images, members, labels
+    labels = []
+    for scene in drawn:
+        table = torch.tensor([data.object_labels(o) for o in scene["objects"]] + [NONE])  # (objects + 1, 2)
+        labels.append(table[data.patch_objects(scene, grid)])  # owner -1 (no object) picks the last row, NONE
+    return images, torch.stack(labels)
 
 
 class Heads(nn.Module):
-    """One linear classifier per label kind: (n, M, C) -> [(n, M, classes)] * 3."""
+    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)] * 2."""
 
     def __init__(self, dim):
         super().__init__()
-        self.heads = nn.ModuleList(nn.Linear(dim, k) for k in (len(data.SHAPES), len(data.COLORS), len(data.CELLS)))
+        self.heads = nn.ModuleList(nn.Linear(dim, k + 1) for k in NONE)  # + 1: "none"
 
-    def forward(self, x):
-        return [head(x) for head in self.heads]
+    def forward(self, tokens):
+        return [head(tokens) for head in self.heads]
 
 
-def loss_and_hits(encoder, heads, images, members, labels):
-    """Each object is read from the mean of its patch tokens, much as a fusion layer's attention will read it once
-    a question names it. Returns the summed cross-entropy of the three heads, and per label kind the fraction of
-    objects it gets right."""
-    tokens = encoder(images)  # (n, N, C)
-    pooled = members @ tokens / members.sum(-1, keepdim=True).clamp(min=1)  # (n, M, C): mean token of each object
-    logits = heads(pooled)
+def loss_and_hits(encoder, heads, images, labels):
+    """Summed cross-entropy of the heads over all patches, and per label kind the fraction right on the patches
+    that show an object (the many "none" patches are easy and would flatter the number)."""
+    logits = heads(encoder(images))  # encoder: (n, 3, H, W) -> (n, N, C)
     loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten()) for k, lg in enumerate(logits))
-    present = labels[..., 0] >= 0  # (n, M)
-    hits = {name: (lg.argmax(-1) == labels[..., k])[present].float().mean().item()
+    on_object = labels[..., 0] < NONE[0]  # (n, N)
+    hits = {name: (lg.argmax(-1) == labels[..., k])[on_object].float().mean().item()
             for k, (name, lg) in enumerate(zip(LABELS, logits))}
     return loss, hits
 
@@ -146,7 +141,7 @@ def main(argv):
                 encoder.eval()
                 _, hits = loss_and_hits(encoder, heads, *held_out)
                 encoder.train()
-            print(f"iter {it + 1}: loss {loss.item():.3f}, held-out objects right: "
+            print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
                   + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({time.time() - t0:.0f} s)")
             save_checkpoint(ckpt_path, {
                 "model": {f"vision.{k}": v for k, v in encoder.state_dict().items()}, "heads": heads.state_dict(),

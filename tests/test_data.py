@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anything
 
 from data import (  # noqa: E402
-    ALPHABET, CELLS, COLORS, EVAL_SEED0, SHAPES, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
+    ALPHABET, COLORS, EVAL_SEED0, SHAPES, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
     collate, draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
     main, make_conversation, object_labels, patch_objects, render_scene, sample_conversations, to_tensor, train_seed,
 )
@@ -127,7 +127,7 @@ def test_scene_pixels_match_description():
 
 def test_patch_objects_and_object_labels_match_the_scene():
     """What pretrain_vision.py learns from: the patch holding an object's centre belongs to that object, a patch whose
-    centre pixel shows background belongs to none, and an object's labels are its shape, colour and position answer."""
+    centre pixel shows background belongs to none, and an object's labels are its shape and colour."""
     for seed in range(40):
         img, scene = render_scene(seed)
         px = np.asarray(img).astype(int)
@@ -136,10 +136,7 @@ def test_patch_objects_and_object_labels_match_the_scene():
         for i, o in enumerate(scene["objects"]):
             assert owner[(o["y"] // 8) * 8 + o["x"] // 8] == i
             assert 1 <= int((owner == i).sum()) <= 9  # a box spans 1 to 3 x 3 patches
-            cell = (("top left", "top", "top right"), ("left", "center", "right"),
-                    ("bottom left", "bottom", "bottom right"))[min(2, 3 * o["y"] // 64)][min(2, 3 * o["x"] // 64)]
-            assert object_labels(o, 64) == (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]),
-                                            CELLS.index(cell))
+            assert object_labels(o) == (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]))
         for k in torch.nonzero(owner == -1).flatten().tolist():
             y, x = (k // 8) * 8 + 4, (k % 8) * 8 + 4
             assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60

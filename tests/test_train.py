@@ -523,7 +523,7 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
     straight, first = pool.map(lambda a: ok(run("pretrain_vision.py", *PRETRAIN, *a)), [
         [f"--out_dir={tmp_path / 'A'}", "--max_iters=4", "--eval_interval=2"],
         [f"--out_dir={tmp_path / 'B'}", "--max_iters=2", "--eval_interval=2"]])
-    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out objects right: shape \d+%, color \d+%, cell \d+%",
+    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%",
                      straight.stdout)
     ok(run("pretrain_vision.py", f"--out_dir={tmp_path / 'B'}", "--init_from=resume", "--max_iters=4"))
     a, b = load(tmp_path / "A" / "ckpt.pt"), load(tmp_path / "B" / "ckpt.pt")
@@ -544,22 +544,15 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
 
 
-def test_pretrain_vision_reads_each_object_from_its_own_patches():
+def test_pretrain_vision_labels_every_patch_with_the_object_under_it():
     import pretrain_vision
-    images, members, labels = pretrain_vision.scenes(3, 8, 64, 8)
-    k = len(data.sample_scene(random.Random(3), 64)["objects"])  # the first scene's objects, drawn again
-    assert images.shape == (8, 3, 64, 64) and members.shape[::2] == (8, 64) and labels.shape[::2] == (8, 3)
-    assert (labels[0, :k, 0] >= 0).all() and (labels[0, k:] == -100).all()
-    assert (members.sum(1) <= 1).all() and ((members.sum(-1) > 0) == (labels[..., 0] >= 0)).all()
-    tokens = torch.randn(8, 64, 5)
-    captured = {}
-
-    def heads(pooled):
-        captured["pooled"] = pooled
-        return [torch.zeros(*pooled.shape[:2], k) for k in (len(data.SHAPES), len(data.COLORS), len(data.CELLS))]
-    pretrain_vision.loss_and_hits(lambda _: tokens, heads, images, members, labels)
-    i, m = 0, 0  # the first object of the first scene: the plain mean of the tokens of its patches
-    assert torch.allclose(captured["pooled"][i, m], tokens[i, members[i, m] == 1].mean(0))
+    images, labels = pretrain_vision.scenes(3, 8, 64, 8)
+    scene = data.sample_scene(random.Random(3), 64)  # the first scene, drawn again
+    assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 2)
+    owner = data.patch_objects(scene, 8)
+    for k in range(64):
+        o = scene["objects"][owner[k]] if owner[k] >= 0 else None
+        assert tuple(labels[0, k].tolist()) == (data.object_labels(o) if o else pretrain_vision.NONE)
 
 
 @pytest.mark.parametrize("args, says", [
