@@ -3,7 +3,7 @@ Train a tiny vision-language model (see casa.py) on procedural scenes, or on you
 
     python train.py                                   # the default CASA model, a few minutes on a laptop CPU
     python train.py --fusion=insertion --out_dir=out-insertion
-    python train.py --init_from=out-vision/ckpt.pt  # on a vision encoder from pretrain_vision.py (make demo does)
+    python train.py --init_from=out-vision/ckpt.pt  # on a vision encoder from pretrain_vision.py
     python train.py --init_from=out-insertion/ckpt.pt --fusion=casa --pretrained_lr=0   # adapt a frozen VLM
     python train.py --init_from=resume --out_dir=out  # carry on exactly where a run stopped
     torchrun --standalone --nproc_per_node=2 train.py --device=cpu   # DDP (gloo on CPU, nccl on GPUs)

@@ -9,10 +9,10 @@ a max, which (like attention) can pick the object out of the background; a mean 
     python exercises/vision_probe.py --encoder=vit --vit_layer_scale=0     # ... without LayerScale: stalls
     python exercises/vision_probe.py --encoder=cnn                         # three strided 3x3 convolutions
 
-Try: --pool=mean, --vit_layers=0 or 1, --lr, --warmup. Why do random residual blocks, updated by Adam at 2e-3,
+Try: --pool=mean, --vit_layers=0 or 1, --lr, --warmup. And --frozen_from=CKPT: how much shape does the encoder of a
+trained VLM hold, or of one from pretrain_vision.py? Why do random residual blocks, updated by Adam at 2e-3,
 stop a ViT from learning, when a gain of 0.01 in front of each branch does not?
 """
-import argparse
 import os
 import random
 import sys
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
 from casa import VLM, VLMConfig  # noqa: E402
+from train import UsageError, load_checkpoint  # noqa: E402
 
 
 class SmallCNN(nn.Module):
@@ -48,7 +49,7 @@ def shape_batch(seed, n, size):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = data.OneLineErrorParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--encoder", choices=("vit", "cnn"), default="vit")
     p.add_argument("--vit_layers", type=int, default=VLMConfig.vit_layers)
     p.add_argument("--vit_layer_scale", type=float, default=VLMConfig.vit_layer_scale,
@@ -59,13 +60,28 @@ def main():
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frozen_from", metavar="CKPT", help="probe a trained encoder instead: the vision encoder of a "
+                   "train.py or pretrain_vision.py checkpoint, frozen, so that only the head learns")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    cfg = VLMConfig(vit_layers=args.vit_layers, vit_layer_scale=args.vit_layer_scale)
-    # the ViT exactly as a VLM builds and initialises it (the language model around it is not used)
-    encoder = VLM(cfg).vision if args.encoder == "vit" else SmallCNN(cfg.n_embd)
+    if args.frozen_from:  # does this trained encoder already hold shapes, linearly?
+        try:
+            ckpt = load_checkpoint(args.frozen_from)
+        except UsageError as e:
+            p.error(str(e))
+        cfg = VLMConfig(**ckpt["model_config"])
+        model = VLM(cfg)
+        missing = [k for k in model.state_dict() if k.startswith("vision.") and k not in ckpt["model"]]
+        if missing:
+            p.error(f"{args.frozen_from} holds no {missing[0]}: not an encoder this casa.py builds")
+        model.load_pretrained(ckpt["model"])
+        encoder = model.vision.eval().requires_grad_(False)
+    else:
+        cfg = VLMConfig(vit_layers=args.vit_layers, vit_layer_scale=args.vit_layer_scale)
+        # the ViT exactly as a VLM builds and initialises it (the language model around it is not used)
+        encoder = VLM(cfg).vision if args.encoder == "vit" else SmallCNN(cfg.n_embd)
     head = nn.Linear(cfg.n_embd, len(data.SHAPES))
-    params = list(encoder.parameters()) + list(head.parameters())
+    params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
 
     def logits(images):

@@ -538,6 +538,9 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
     r = ok(run_train(*TINY, f"--out_dir={tmp_path / 'vlm'}", f"--init_from={tmp_path / 'A' / 'ckpt.pt'}",
                      "--max_iters=2", "--eval_interval=2", "--tasks=shape"))
     assert "checkpoint:" in r.stdout
+    r = ok(run("exercises/vision_probe.py", f"--frozen_from={tmp_path / 'A' / 'ckpt.pt'}", "--iters=50",
+               "--batch_size=4"))  # the exercise probes a pretrained (or any trained) encoder, frozen
+    assert re.fullmatch(r"iter 50: loss \d+\.\d{3}, held-out accuracy \d+% \(\d+ s\)\n", r.stdout)
     for args, says in (([f"--out_dir={tmp_path / 'vlm'}"], "was not written by pretrain_vision.py"),
                        ([f"--out_dir={tmp_path / 'A'}", "--vit_dim=64"], "--vit_dim cannot change when resuming")):
         r = run("pretrain_vision.py", "--init_from=resume", *args)
