@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 import data
 from casa import VLM, VLMConfig
-from train import (UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device,
-                   save_checkpoint)
+from train import (UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device, require_positive,
+                   require_unchanged, save_checkpoint)
 
 
 @dataclass
@@ -89,9 +89,7 @@ def loss_and_hits(encoder, heads, images, labels):
 def main(argv):
     run_overrides, model_overrides = parse_args(argv, PretrainConfig, __doc__)
     cfg = PretrainConfig(**run_overrides)
-    for key in ("batch_size", "max_iters", "eval_interval", "eval_scenes"):
-        if getattr(cfg, key) < 1:
-            raise UsageError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
+    require_positive(cfg, ("batch_size", "max_iters", "eval_interval", "eval_scenes"))
     if cfg.init_from not in ("scratch", "resume"):
         raise UsageError(f"--init_from expects scratch or resume, got {cfg.init_from!r}")
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
@@ -99,10 +97,7 @@ def main(argv):
     if ckpt:  # the saved options, but for those given now
         if "heads" not in ckpt:
             raise UsageError(f"{ckpt_path} was not written by pretrain_vision.py (it holds no heads to resume)")
-        changed = [k for k, v in model_overrides.items() if ckpt["model_config"][k] != v]
-        if changed:
-            raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has "
-                             f"{ckpt['model_config'][changed[0]]})")
+        require_unchanged(model_overrides, ckpt["model_config"])
         cfg = PretrainConfig(**{**ckpt["train_config"], **run_overrides, "init_from": "resume"})
         model_overrides = ckpt["model_config"]
     device = pick_device(cfg.device)

@@ -104,10 +104,21 @@ def parse_args(argv, run_config=TrainConfig, doc=__doc__):
 
 def train_config(options):
     cfg = TrainConfig(**options)
-    for key in ("batch_size", "grad_accum", "eval_interval", "questions"):  # 0 would divide by zero or train on nothing
+    require_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "questions"))
+    return cfg
+
+
+def require_positive(cfg, keys):
+    for key in keys:  # 0 would divide by zero or train on nothing
         if getattr(cfg, key) < 1:
             raise UsageError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
-    return cfg
+
+
+def require_unchanged(model_overrides, saved):
+    """Resuming: model options given now must match the checkpoint's (its weights have that shape)."""
+    changed = [k for k, v in model_overrides.items() if saved[k] != v]
+    if changed:
+        raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has {saved[changed[0]]})")
 
 
 def usage(run_config, doc):
@@ -309,9 +320,7 @@ def main(argv):
         tok = data.Tokenizer.from_state(ckpt["tokenizer"])
         saved = dict(ckpt["model_config"])
         if cfg.init_from == "resume":
-            changed = [k for k, v in model_overrides.items() if saved[k] != v]
-            if changed:
-                raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has {saved[changed[0]]})")
+            require_unchanged(model_overrides, saved)
         model_cfg = model_config({**saved, **model_overrides})
         model = VLM(model_cfg)
         if cfg.init_from == "resume":
