@@ -11,8 +11,9 @@ thrown away afterwards; the checkpoint holds the encoder only, and train.py buil
     python train.py --init_from=out-vision/ckpt.pt             # the VLM; the encoder trains on at --pretrained_lr
     python pretrain_vision.py --init_from=resume               # carry on exactly where a run stopped
 
-Why: trained from scratch inside the VLM, the encoder learns colours but not shapes, because the only signal it
-gets comes through fusion layers that do not yet know where to look (README, "Accuracy against budget").
+Why: trained from scratch inside the VLM, the encoder learns colours but not shapes (measured with
+exercises/vision_probe.py --frozen_from; README, "Accuracy against budget"). Our reading: the only signal it gets
+comes through fusion layers that do not yet know where to look.
 Options are --key=value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part of).
 """
 import os
