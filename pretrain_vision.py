@@ -18,7 +18,6 @@ Options are --key=value: PretrainConfig below, and VLMConfig's (the model the ch
 """
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 import data
 from casa import VLM, VLMConfig
 from train import (UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device, require_positive,
-                   require_unchanged, save_checkpoint)
+                   require_unchanged, run_script, save_checkpoint)
 
 
 @dataclass
@@ -147,11 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (UsageError, data.DataError) as e:
-        print(f"pretrain_vision.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("pretrain_vision.py: interrupted (the last checkpoint is intact)", file=sys.stderr)
-        sys.exit(130)
+    run_script(main, "pretrain_vision.py")

@@ -433,12 +433,17 @@ def main(argv):
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
+def run_script(main, name):
+    """Run a training script's main: bad input is one line and exit 2, Ctrl-C exit 130; never a traceback."""
     try:
         main(sys.argv[1:])
     except (UsageError, data.DataError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("train.py: interrupted (the last checkpoint is intact)", file=sys.stderr)
+        print(f"{name}: interrupted (the last checkpoint is intact)", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_script(main, "train.py")
