@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from casa import VLM, VLMConfig
-from train import (UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device, require_positive,
-                   require_unchanged, run_script, save_checkpoint)
+from casa import VLM
+from train import (MODEL_KEYS, UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device,
+                   require_positive, require_unchanged, run_script, save_checkpoint)
 
 
 @dataclass
@@ -75,15 +75,17 @@ class Heads(nn.Module):
         return [head(tokens) for head in self.heads]
 
 
-def loss_and_hits(encoder, heads, images, labels):
-    """Summed cross-entropy of the heads over all patches, and per label kind the fraction right on the patches
-    that show an object (the many "none" patches are easy and would flatter the number)."""
-    logits = heads(encoder(images))  # encoder: (n, 3, H, W) -> (n, N, C)
-    loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten()) for k, lg in enumerate(logits))
+def loss_of(logits, labels):
+    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)] * 2; labels (n, N, 2)."""
+    return sum(F.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten()) for k, lg in enumerate(logits))
+
+
+def hits_of(logits, labels):
+    """Per label kind, the fraction right on the patches that show an object (the many "none" patches are easy
+    and would flatter the number)."""
     on_object = labels[..., 0] < NONE[0]  # (n, N)
-    hits = {name: (lg.argmax(-1) == labels[..., k])[on_object].float().mean().item()
+    return {name: (lg.argmax(-1) == labels[..., k])[on_object].float().mean().item()
             for k, (name, lg) in enumerate(zip(LABELS, logits))}
-    return loss, hits
 
 
 def main(argv):
@@ -103,7 +105,7 @@ def main(argv):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     tok = data.Tokenizer()
-    model_cfg = model_config({k: v for k, v in model_overrides.items() if k not in ("vocab_size", "image_token_id")},
+    model_cfg = model_config({k: v for k, v in model_overrides.items() if k in MODEL_KEYS},
                              vocab_size=tok.vocab_size, image_token_id=tok.image_id)
     encoder = VLM(model_cfg).vision.to(device)  # built and initialised exactly as a VLM builds it
     heads = Heads(model_cfg.n_embd).to(device)
@@ -126,15 +128,15 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(it, cfg)
         # a pure function of (seed, iteration), so a resumed run sees exactly the batches it would have seen
-        batch = scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid)
-        loss, _ = loss_and_hits(encoder, heads, *(t.to(device) for t in batch))
+        images, labels = (t.to(device) for t in scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid))
+        loss = loss_of(heads(encoder(images)), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.max_iters:
             with torch.no_grad():
                 encoder.eval()
-                _, hits = loss_and_hits(encoder, heads, *held_out)
+                hits = hits_of(heads(encoder(held_out[0])), held_out[1])
                 encoder.train()
             print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
                   + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({time.time() - t0:.0f} s)")
