@@ -105,6 +105,7 @@ WORDS = ("cat", "dog", "sun", "car", "hat", "box", "map", "cup", "key",
 GRID = (("top left", "top", "top right"),
         ("left", "center", "right"),
         ("bottom left", "bottom", "bottom right"))
+CELLS = tuple(cell for row in GRID for cell in row)
 MIN_SIZE = 32  # below this the shapes and text are no longer recognisable
 SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixel keeps the pure colour
 COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
@@ -337,9 +338,9 @@ def patch_objects(scene, grid):
     return owner.flatten()
 
 
-def object_labels(o):
-    """An object's shape and colour as indices into SHAPES and COLORS (what pretraining predicts)."""
-    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"])
+def object_labels(o, size):
+    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS (what pretraining predicts)."""
+    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
 
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")

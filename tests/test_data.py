@@ -127,7 +127,8 @@ def test_scene_pixels_match_description():
 
 def test_patch_objects_and_object_labels_match_the_scene():
     """What pretrain_vision.py learns from: the patch holding an object's centre belongs to that object, a patch whose
-    centre pixel shows background belongs to none, and an object's labels are its shape and colour."""
+    centre pixel shows background belongs to none, and an object's labels are its shape, colour and the ninth of the
+    image that holds its centre."""
     for seed in range(40):
         img, scene = render_scene(seed)
         px = np.asarray(img).astype(int)
@@ -136,7 +137,10 @@ def test_patch_objects_and_object_labels_match_the_scene():
         for i, o in enumerate(scene["objects"]):
             assert owner[(o["y"] // 8) * 8 + o["x"] // 8] == i
             assert 1 <= int((owner == i).sum()) <= 9  # a box spans 1 to 3 x 3 patches
-            assert object_labels(o) == (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]))
+            shape, color, cell = object_labels(o, 64)
+            assert (SHAPES[shape], list(COLORS)[color]) == (o["shape"], o["color"])
+            row, column = divmod(cell, 3)  # CELLS reads row by row, like the grid of the image
+            assert row * 64 / 3 <= o["y"] < (row + 1) * 64 / 3 and column * 64 / 3 <= o["x"] < (column + 1) * 64 / 3
         for k in torch.nonzero(owner == -1).flatten().tolist():
             y, x = (k // 8) * 8 + 4, (k % 8) * 8 + 4
             assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60

@@ -523,7 +523,7 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
     straight, first = pool.map(lambda a: ok(run("pretrain_vision.py", *PRETRAIN, *a)), [
         [f"--out_dir={tmp_path / 'A'}", "--max_iters=4", "--eval_interval=2"],
         [f"--out_dir={tmp_path / 'B'}", "--max_iters=2", "--eval_interval=2"]])
-    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%",
+    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%, cell \d+%",
                      straight.stdout)
     ok(run("pretrain_vision.py", f"--out_dir={tmp_path / 'B'}", "--init_from=resume", "--max_iters=4"))
     a, b = load(tmp_path / "A" / "ckpt.pt"), load(tmp_path / "B" / "ckpt.pt")
@@ -551,11 +551,11 @@ def test_pretrain_vision_labels_every_patch_with_the_object_under_it():
     import pretrain_vision
     images, labels = pretrain_vision.scenes(3, 8, 64, 8)
     scene = data.sample_scene(random.Random(3), 64)  # the first scene, drawn again
-    assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 2)
+    assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 3)
     owner = data.patch_objects(scene, 8)
     for k in range(64):
         o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-        assert tuple(labels[0, k].tolist()) == (data.object_labels(o) if o else pretrain_vision.NONE)
+        assert tuple(labels[0, k].tolist()) == (data.object_labels(o, 64) if o else pretrain_vision.NONE)
 
 
 @pytest.mark.parametrize("args, says", [
