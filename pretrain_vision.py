@@ -15,7 +15,7 @@ holds the encoder only, and train.py builds a VLM on top of it:
 Why: trained from scratch inside the VLM, the encoder learns colours but not shapes (measured with
 exercises/vision_probe.py --frozen_from; README, "Accuracy against budget"). Our reading: the only signal it gets
 comes through fusion layers that do not yet know where to look. And the cell: pretrained on shape and colour
-alone, the VLM's position answers stayed at chance (README); with the cell label they rise from the start.
+alone, the VLM's position answers stayed at chance (README); with it they climb with the other answers.
 Options are --key=value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part of).
 """
 import os
