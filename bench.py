@@ -179,7 +179,7 @@ def train_one(fusion, args, overrides):
     return {"text_tok_s": text_tokens / seconds, "ms_per_iter": 1000 * seconds, "peak_mem_mb": peak_memory_mb(device),
             "flops_per_iter": flops, "mfu": flops / seconds / peak, "matmul_peak_tflops": peak / 1e12,
             "text_tokens_per_iter": text_tokens, "stream_tokens_per_iter": text_tokens + (
-                images.size(0) * model.config.image_tokens if fusion == "insertion" else 0)}
+                images.size(0) * model.config.n_image_tokens if fusion == "insertion" else 0)}
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -194,7 +194,7 @@ def analytic_table(overrides, turns, tokens):
         cfg = model_config({**overrides, "fusion": fusion}, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
         model = VLM(cfg)
         counts = model.param_counts()
-        C, N, L = cfg.n_embd, cfg.image_tokens, cfg.n_layer
+        C, N, L = cfg.n_embd, cfg.n_image_tokens, cfg.n_layer
         per_turn = tokens + 1 + (N if fusion == "insertion" else 0)  # marker + G tokens (+ the frame)
         n_fusion = len(model.fusion_blocks())
         lm_matmuls = counts["language_model"] + counts["fusion"]  # the tied embedding counts once: the head

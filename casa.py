@@ -6,20 +6,25 @@ casa.py: a tiny vision-language model with the three ways of feeding images to a
   casa       (Kyutai, arXiv 2512.19535) extra layers where text queries attend to the latest image AND the text
                                         of their own window (since that image), in one softmax
 
-Read top to bottom: config, attention primitive, the one mask function (`may_attend`), blocks, the vision encoder,
-the VLM with its KV cache, generation. Every sequence is a list of token ids in which `image_token_id` marks where
+Read top to bottom: config, attention primitive, the one mask function (`may_attend`), the KV cache's storage,
+blocks, the vision encoder, the VLM with its KV cache, generation, and last a speed path for training (block-wise
+fusion attention). Every sequence is a list of token ids in which `image_token_id` marks where
 each image occurs; the images themselves come as one tensor (n_images, 3, H, W) in the order of their markers
 (row 0's first, then row 1's, ...). A *window* is the span from one marker to the next; `win` numbers them
 (0 = text before the first image, k = after the k-th image).
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 FUSIONS = ("insertion", "cross", "casa")
+# Padding carries meaning through these values, chosen so that no real query can ever see a padding key:
+NO_IMAGE = -1          # window of an image slot that a row with fewer images leaves empty (no query is in it)
+PADDING_WINDOW = -2    # window of the padding slots that block-wise training adds (see split_windows)
+FAR_AWAY = 2 ** 30     # stream position of insertion's padding: later than any real token, so causally unseen
 
 
 @dataclass
@@ -47,6 +52,21 @@ class VLMConfig:
     block_wise: bool = True       # training: fusion attention per window; False = one dense mask (the reference)
 
     def __post_init__(self):
+        for f in fields(self):  # a checkpoint or a caller may hand in anything: check the kinds first
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is float and type(value) is int:
+                setattr(self, f.name, float(value))
+            elif type(value) is not kind:
+                raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
+        at_least = dict(image_size=1, patch_size=1, vit_layers=0, vit_dim=2, vit_heads=1, vocab_size=1, n_layer=1,
+                        n_head=1, n_embd=2, cross_every=1)
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not (math.isfinite(self.rope_base) and self.rope_base > 0):
+            raise ValueError(f"rope_base must be a finite number > 0, got {self.rope_base}")
+        if not (math.isfinite(self.vit_layer_scale) and self.vit_layer_scale >= 0):
+            raise ValueError(f"vit_layer_scale must be a finite number >= 0 (0 = off), got {self.vit_layer_scale}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if self.image_size % self.patch_size:
@@ -54,17 +74,13 @@ class VLMConfig:
         for dim, heads in ((self.n_embd, self.n_head), (self.vit_dim, self.vit_heads)):
             if dim % heads or (dim // heads) % 2:
                 raise ValueError(f"width {dim} must split into {heads} heads of even size (RoPE rotates pairs)")
-        if self.cross_every < 1:
-            raise ValueError(f"cross_every must be >= 1, got {self.cross_every}")
-        if self.vit_layer_scale < 0:
-            raise ValueError(f"vit_layer_scale must be >= 0 (0 = off), got {self.vit_layer_scale}")
         if self.gate and self.fusion != "cross":
             raise ValueError("gate=True is for fusion=cross: CASA gates itself through its softmax (paper, Sec. 3)")
         if not 0 <= self.image_token_id < self.vocab_size:
             raise ValueError(f"image_token_id {self.image_token_id} is outside the vocabulary ({self.vocab_size})")
 
     @property
-    def image_tokens(self):
+    def n_image_tokens(self):  # tokens per image
         return (self.image_size // self.patch_size) ** 2
 
     def has_fusion_layer(self, block_index):
@@ -139,6 +155,75 @@ class KV:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
+class KVBuffer:
+    """A growing list of keys for one layer of a cache, stored in tensors preallocated along the key axis and grown
+    by doubling (as gpt-fast and nanochat do), so that appending a decoded token copies nothing already cached.
+    The live keys are slots [start, end): dropping the oldest only moves `start`."""
+
+    def __init__(self):
+        self.store, self.start, self.end = None, 0, 0
+
+    def __len__(self):
+        return self.end - self.start
+
+    def view(self):
+        a, b, st = self.start, self.end, self.store
+        return KV(st.k[:, :, a:b], st.v[:, :, a:b], st.pos[:, a:b], st.win[:, a:b])
+
+    def append(self, kv):
+        """Add kv's keys; return every live key (a view: valid until the next call that changes this buffer)."""
+        n = len(kv)
+        if self.store is None or self.end + n > self.store.pos.size(1):
+            B, H, _, D = kv.k.shape
+            capacity = max(16, 2 * (len(self) + n))
+            grown = KV(kv.k.new_empty(B, H, capacity, D), kv.v.new_empty(B, H, capacity, D),
+                       kv.pos.new_empty(B, capacity), kv.win.new_empty(B, capacity))
+            if self.store is not None:  # the only copy of cached keys: once per doubling
+                self.write(grown, 0, self.view())
+            self.store, self.start, self.end = grown, 0, len(self)
+        self.write(self.store, self.end, kv)
+        self.end += n
+        return self.view()
+
+    @staticmethod
+    def write(store, at, kv):
+        n = len(kv)
+        store.k[:, :, at:at + n], store.v[:, :, at:at + n] = kv.k, kv.v
+        store.pos[:, at:at + n], store.win[:, at:at + n] = kv.pos, kv.win
+
+    def drop_oldest(self, keep):
+        self.start = max(self.start, self.end - keep)
+
+    def replace(self, kv):
+        """Hold exactly kv from now on, in new storage (views handed out earlier stay as they were)."""
+        self.store, self.start, self.end = kv, 0, len(kv)
+
+    def nbytes(self):
+        return 0 if self.store is None else self.view().nbytes()
+
+
+class LayerCache:
+    """One LM block's part of a KVCache: `text` holds the self-attention keys of the stream (text; plus image tokens
+    under insertion) and `window` the fusion layer's keys of the latest window (cross: that image's; casa: that
+    image's and the window's text so far). The cache policy of the three fusions is these two methods."""
+
+    def __init__(self):
+        self.text, self.window = KVBuffer(), KVBuffer()
+
+    def extend_text(self, kv):
+        """Self-attention: every key of the stream is kept (until a rolling window drops the oldest)."""
+        return self.text.append(kv)
+
+    def extend_window(self, kv, latest_window):
+        """Fusion: return every key this call's queries may need, but keep for later calls only the latest window's,
+        the only one a later query can see: cross swaps the image at each new image, casa resets image + text."""
+        seen = self.window.append(kv)
+        in_latest = seen.win[0] == latest_window
+        if not bool(in_latest.all()):  # this call opened a new window
+            self.window.replace(seen.keep(in_latest))
+        return seen
+
+
 class Attention(nn.Module):
     """Multi-head attention: the one primitive behind the ViT, self-attention, cross-attention and CASA.
     Queries come from x; keys/values come from whatever `kv` was built from (the same tokens, image tokens, or a
@@ -182,38 +267,9 @@ class Stream:
     """What every LM block needs to know about the tokens of one forward call."""
     pos: torch.Tensor         # (B, T) stream position of each query token
     win: torch.Tensor         # (B, T) its window: how many images came before it (its own marker included)
-    images: torch.Tensor      # (B, M*N, C) projected tokens of this call's images (cross/casa; M may be 0)
+    image_tokens: torch.Tensor  # (B, M*N, C) this call's images as LM-width tokens (cross/casa keys; M may be 0)
     image_pos: torch.Tensor   # (B, M*N) the position of each image's marker
-    image_win: torch.Tensor   # (B, M*N) the window each image opens; -1 pads rows with fewer images
-
-
-def split_windows(h, s, n):
-    """Block-wise (varlen) fusion attention for training: regroup a batch so that every window becomes a row of
-    its own, holding its text and its image (n tokens). A row's mask is then (window text) x (n + window text)
-    instead of (T) x (all images + T): memory grows with the number of windows, not with its square.
-    Returns the regrouped h (G, L, C) and Stream, and (group, slot), each (B, T), to gather results back."""
-    B, T, C = h.shape
-    first = s.win[:, :1]
-    W = int((s.win - first).max()) + 1  # windows per row
-    rows = torch.arange(B, device=h.device)[:, None]
-    group = rows * W + (s.win - first)  # (B, T) the row each token moves to
-    t = torch.arange(T, device=h.device).expand(B, T)
-    opens = torch.ones_like(s.win, dtype=torch.bool)
-    opens[:, 1:] = s.win[:, 1:] != s.win[:, :-1]
-    slot = t - torch.where(opens, t, 0).cummax(1).values  # (B, T) index inside its window
-    G, L = B * W, int(slot.max()) + 1
-    h_w, pos_w = h.new_zeros(G, L, C), s.pos.new_zeros(G, L)
-    win_w = torch.full_like(pos_w, -2)  # padding: a window of its own that no real query or key belongs to
-    h_w[group, slot], pos_w[group, slot], win_w[group, slot] = h, s.pos, s.win
-    images, image_pos = h.new_zeros(G, n, C), s.pos.new_zeros(G, n)
-    image_win = torch.full_like(image_pos, -1)
-    M = s.images.size(1) // n
-    real = s.image_win[:, ::n] >= 0  # (B, M) images that are not padding
-    b, j = real.nonzero(as_tuple=True)
-    g = b * W + s.image_win[b, j * n] - first[b, 0]  # the window each image opens
-    images[g] = s.images.view(B, M, n, C)[b, j]
-    image_pos[g], image_win[g] = s.image_pos[b, j * n, None], s.image_win[b, j * n, None]
-    return h_w, Stream(pos_w, win_w, images, image_pos, image_win), (group, slot)
+    image_win: torch.Tensor   # (B, M*N) the window each image opens; NO_IMAGE pads rows with fewer images
 
 
 def scaled(update, scale):
@@ -227,10 +283,10 @@ class Block(nn.Module):
     Without a Stream (the ViT) every token sees every token."""
 
     def __init__(self, dim, n_head, rope_base, fusion=None, share_weights=False, gate=False, block_wise=False,
-                 image_tokens=0, layer_scale=None):
+                 n_image_tokens=0, layer_scale=None):
         super().__init__()
         self.fusion, self.share_weights = fusion, share_weights
-        self.block_wise, self.image_tokens = block_wise, image_tokens
+        self.block_wise, self.n_image_tokens = block_wise, n_image_tokens
         self.norm1, self.attn = nn.RMSNorm(dim), Attention(dim, n_head, rope_base)
         if fusion:
             self.norm2 = nn.RMSNorm(dim)
@@ -257,7 +313,7 @@ class Block(nn.Module):
         else:
             kv = self.attn.kv(h, s.pos, s.win, rotate=True)
             if cache is not None:
-                kv = cache["self"] = cache["self"].then(kv) if "self" in cache else kv
+                kv = cache.extend_text(kv)  # (B, H, all keys so far, D)
             update = self.attn(h, kv, may_attend("self", s.pos, s.win, kv.pos, kv.win), s.pos, rotate=True)
             if self.fusion:
                 update = update + self.fuse(self.norm2(x), s, cache)
@@ -270,22 +326,18 @@ class Block(nn.Module):
         kinds of keys start on one scale. CASA places image keys at their marker's position, so with RoPE a query
         sees how far back its image is; plain cross-attention uses no positions at all."""
         if cache is None and self.block_wise:  # training: same result, one small row per window (tested)
-            h_w, s_w, (group, slot) = split_windows(h, s, self.image_tokens)
+            h_w, s_w, (group, slot) = split_windows(h, s, self.n_image_tokens)
             return self.fuse_dense(h_w, s_w, None)[group, slot]
         return self.fuse_dense(h, s, cache)
 
     def fuse_dense(self, h, s, cache):
         layer = self.attn if self.share_weights else self.cross
         casa = self.fusion == "casa"
-        kv = layer.kv(self.norm2(s.images), s.image_pos, s.image_win, rotate=casa)  # same norm as the text
+        kv = layer.kv(self.norm2(s.image_tokens), s.image_pos, s.image_win, rotate=casa)  # same norm as the text
         if casa:
             kv = kv.then(layer.kv(h, s.pos, s.win, rotate=True))
         if cache is not None:
-            if "fusion" in cache:
-                kv = cache["fusion"].then(kv)
-            # only the latest window can be seen again: cross keeps that image's keys (swapped at each new image),
-            # casa keeps that image plus the window's text so far (reset at each new image)
-            cache["fusion"] = kv.keep(kv.win[0] == s.win[0, -1])
+            kv = cache.extend_window(kv, int(s.win[0, -1]))
         out = layer(h, kv, may_attend(self.fusion, s.pos, s.win, kv.pos, kv.win), s.pos, rotate=casa)
         return out * torch.tanh(self.gate) if self.gate is not None else out
 
@@ -302,7 +354,7 @@ class VisionEncoder(nn.Module):
         super().__init__()
         d, p = config.vit_dim, config.patch_size
         self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)  # one linear map per non-overlapping patch
-        self.pos_emb = nn.Parameter(torch.zeros(1, config.image_tokens, d))
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.n_image_tokens, d))
         self.blocks = nn.ModuleList(Block(d, config.vit_heads, config.rope_base, layer_scale=config.vit_layer_scale)
                                     for _ in range(config.vit_layers))
         self.norm = nn.RMSNorm(d)
@@ -320,33 +372,35 @@ class VisionEncoder(nn.Module):
 
 
 class KVCache:
-    """What generation keeps between calls. Per LM block: 'self' holds the self-attention keys of the stream
-    (text; plus image tokens under insertion) and 'fusion' the fusion layer's keys of the latest window (cross:
-    that image; casa: that image + the window's text). `pos` and `window` say where the stream stands."""
+    """What generation keeps between calls: a LayerCache per LM block, and where the stream stands (`pos`: the next
+    token's position; `window`: how many images it has seen). With max_text, a rolling window keeps only the latest
+    max_text self-attention keys, so that an endless stream needs bounded memory."""
 
     def __init__(self, n_layer, max_text=None):
-        self.layers = [{} for _ in range(n_layer)]
-        self.pos = 0
-        self.window = 0
-        self.max_text = max_text
+        self.layers = [LayerCache() for _ in range(n_layer)]
+        self.pos, self.window, self.max_text = 0, 0, max_text
 
-    def trim(self):
-        """Rolling window: keep only the latest max_text self-attention keys, so that an endless stream needs
-        bounded memory. Positions keep counting up; RoPE only ever sees their differences."""
-        for layer in self.layers:
-            if self.max_text and "self" in layer and len(layer["self"]) > self.max_text:
-                layer["self"] = layer["self"].keep(slice(-self.max_text, None))
+    def advance(self, pos, window):
+        """After a forward call: the stream now stands at pos, in window. Positions keep counting up after a trim;
+        RoPE only ever sees their differences."""
+        self.pos, self.window = pos, window
+        if self.max_text:
+            for layer in self.layers:
+                layer.text.drop_oldest(self.max_text)
 
     def stats(self):
         """Tokens cached (counted once, as the paper does: length of one layer's cache) and bytes (all layers)."""
-        self_tokens = len(self.layers[0]["self"]) if self.layers and "self" in self.layers[0] else 0
-        fusion_tokens = next((len(layer["fusion"]) for layer in self.layers if "fusion" in layer), 0)
-        nbytes = sum(kv.nbytes() for layer in self.layers for kv in layer.values())
+        self_tokens = len(self.layers[0].text) if self.layers else 0
+        fusion_tokens = max((len(layer.window) for layer in self.layers), default=0)
+        nbytes = sum(layer.text.nbytes() + layer.window.nbytes() for layer in self.layers)
         return {"self_tokens": self_tokens, "fusion_tokens": fusion_tokens,
                 "tokens": self_tokens + fusion_tokens, "bytes": nbytes}
 
 
 class VLM(nn.Module):
+    """The whole model: a ViT turns each image into n_image_tokens tokens of the LM's width; a decoder-only LM reads
+    the token ids, and the images reach it by the configured fusion: laid into the stream (insertion) or offered as
+    keys to fusion layers (cross, casa). forward() trains and prefills; generate() decodes, with a KVCache."""
 
     def __init__(self, config):
         super().__init__()
@@ -357,7 +411,7 @@ class VLM(nn.Module):
             Block(config.n_embd, config.n_head, config.rope_base,
                   fusion=config.fusion if config.has_fusion_layer(i) else None,
                   share_weights=config.share_weights, gate=config.gate, block_wise=config.block_wise,
-                  image_tokens=config.image_tokens)
+                  n_image_tokens=config.n_image_tokens)
             for i in range(config.n_layer))
         self.norm = nn.RMSNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -439,8 +493,7 @@ class VLM(nn.Module):
         if c.fusion == "insertion":
             x = x.gather(1, text_at[..., None].expand(B, T, x.size(-1)))  # back to the text tokens (B, T, C)
         if cache is not None:
-            cache.pos, cache.window = int(s.pos[0, -1]) + 1, int(win[0, -1])
-            cache.trim()
+            cache.advance(int(s.pos[0, -1]) + 1, int(win[0, -1]))
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
@@ -450,9 +503,9 @@ class VLM(nn.Module):
     def insert_images(self, x, image_tokens, is_image, start):
         """Insertion: each marker becomes the image's N tokens followed by the marker itself (which then reads as
         "end of image"), so the image tokens are ordinary stream tokens: queries, keys, cached. Rows with fewer
-        images are right-padded; padding sits at a huge position, so no real token ever sees it."""
+        images are right-padded; padding sits at position FAR_AWAY, so no real token ever sees it."""
         B, T, C = x.shape
-        N = self.config.image_tokens
+        N = self.config.n_image_tokens
         text_at = (is_image.long() * N).cumsum(1) + torch.arange(T, device=x.device)  # (B, T) slot in the stream
         length = text_at[:, -1] + 1  # (B,)
         L = int(length.max())
@@ -463,18 +516,18 @@ class VLM(nn.Module):
             slots = text_at[b, t][:, None] - N + torch.arange(N, device=x.device)  # (n, N)
             stream[b[:, None], slots] = image_tokens.to(stream.dtype)
         slot = torch.arange(L, device=x.device).expand(B, L)
-        pos = torch.where(slot < length[:, None], start + slot, 2 ** 30)
+        pos = torch.where(slot < length[:, None], start + slot, FAR_AWAY)
         return stream, Stream(pos, torch.zeros_like(pos), *self.images_as_keys(None, is_image, start, None)), text_at
 
     def images_as_keys(self, image_tokens, is_image, start, win):
         """Cross/CASA: lay each row's images out as keys (B, M*N, C), each at its marker's position and in the
-        window it opens. Rows with fewer images are padded with window -1, which no query belongs to."""
+        window it opens. Rows with fewer images are padded with window NO_IMAGE, which no query belongs to."""
         B, T = is_image.shape
-        N, C = self.config.image_tokens, self.config.n_embd
+        N, C = self.config.n_image_tokens, self.config.n_embd
         M = int(is_image.sum(1).max()) if image_tokens is not None else 0
         tokens = self.tok_emb.weight.new_zeros(B, M, N, C)
         pos = torch.zeros(B, M, dtype=torch.long, device=is_image.device)
-        image_win = torch.full_like(pos, -1)
+        image_win = torch.full_like(pos, NO_IMAGE)
         if M:
             b, t = is_image.nonzero(as_tuple=True)
             j = is_image.long().cumsum(1)[b, t] - 1  # index of each image within its row
@@ -539,3 +592,36 @@ def pick(logits, temperature=0.0, top_k=None, generator=None):
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Faster training: block-wise fusion attention (the dense mask above is the reference it must equal; tested)
+
+
+def split_windows(h, s, n):
+    """Block-wise (varlen) fusion attention for training: regroup a batch so that every window becomes a row of
+    its own, holding its text and its image (n tokens). A row's mask is then (window text) x (n + window text)
+    instead of (T) x (all images + T): memory grows with the number of windows, not with its square.
+    Returns the regrouped h (G, L, C) and Stream, and (group, slot), each (B, T), to gather results back."""
+    B, T, C = h.shape
+    first = s.win[:, :1]
+    W = int((s.win - first).max()) + 1  # windows per row
+    rows = torch.arange(B, device=h.device)[:, None]
+    group = rows * W + (s.win - first)  # (B, T) the row each token moves to
+    t = torch.arange(T, device=h.device).expand(B, T)
+    opens = torch.ones_like(s.win, dtype=torch.bool)
+    opens[:, 1:] = s.win[:, 1:] != s.win[:, :-1]
+    slot = t - torch.where(opens, t, 0).cummax(1).values  # (B, T) index inside its window
+    G, L = B * W, int(slot.max()) + 1
+    h_w, pos_w = h.new_zeros(G, L, C), s.pos.new_zeros(G, L)
+    win_w = torch.full_like(pos_w, PADDING_WINDOW)  # a window of its own that no real query or key belongs to
+    h_w[group, slot], pos_w[group, slot], win_w[group, slot] = h, s.pos, s.win
+    images, image_pos = h.new_zeros(G, n, C), s.pos.new_zeros(G, n)
+    image_win = torch.full_like(image_pos, NO_IMAGE)
+    M = s.image_tokens.size(1) // n
+    real = s.image_win[:, ::n] >= 0  # (B, M) images that are not padding
+    b, j = real.nonzero(as_tuple=True)
+    g = b * W + s.image_win[b, j * n] - first[b, 0]  # the window each image opens
+    images[g] = s.image_tokens.view(B, M, n, C)[b, j]
+    image_pos[g], image_win[g] = s.image_pos[b, j * n, None], s.image_win[b, j * n, None]
+    return h_w, Stream(pos_w, win_w, images, image_pos, image_win), (group, slot)

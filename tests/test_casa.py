@@ -239,7 +239,7 @@ def test_cache_sizes_follow_the_paper(fusion):
     insertion kT + kN; cross kT + N image keys held apart; casa kT + (current window text + N)."""
     model = tiny(fusion)
     c = model.config
-    k, T, N = 3, 7, c.image_tokens
+    k, T, N = 3, 7, c.n_image_tokens
     window = torch.cat([torch.tensor([[MARK]]), torch.full((1, T - 1), MARK + 1)], 1)
     idx, images = window.repeat(1, k), torch.rand(k, 3, 16, 16)
     cache = model.new_cache()
@@ -309,7 +309,7 @@ def test_load_pretrained_rejects_other_sizes():
 def test_default_config_is_tiny():
     model = casa.VLM(casa.VLMConfig())
     assert 1_000_000 <= model.param_counts()["total"] <= 3_000_000
-    assert model.config.image_tokens == 64
+    assert model.config.n_image_tokens == 64
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -355,5 +355,5 @@ def test_rolling_window_bounds_the_cache():
             assert torch.isfinite(model(turn, frame, cache=cache)[0]).all()
         else:
             per_token = 2 * model.config.n_embd * 4 * model.config.n_layer
-            grows_by = 4 + (model.config.image_tokens if fusion == "insertion" else 0)
+            grows_by = 4 + (model.config.n_image_tokens if fusion == "insertion" else 0)
             assert steps == {grows_by * per_token}
