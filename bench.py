@@ -9,31 +9,78 @@ Measure what the three fusions cost, side by side (untrained weights are fine fo
     python bench.py table
         the analytic view: parameters, FLOPs per generated token and bytes cached per turn
 
-Model options are the same --key=value overrides as train.py (e.g. --n_embd=256); bench options use argparse.
-Every fusion runs in a fresh process, so the peak memory of one does not hide in another's.
+Options are --key=value or --key value: each command's own (see --help after the command) and the model options
+of train.py (e.g. --n_embd=256). Every fusion runs in a fresh process, so the peak memory of one does not hide in
+another's.
 """
-import argparse
 import json
 import multiprocessing
 import os
 import platform
 import resource
-import sys
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
-from casa import FUSIONS, VLM, pick
-from train import UsageError, model_config, pick_device
-from train import parse_args as parse_model_args
+from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
+from common import build, check_writable, model_config, parse_options, pick_device, run_script
+
+
+@dataclass
+class BenchOptions:
+    fusions: str = ",".join(FUSIONS)  # comma-separated
+    json: str = ""                    # write the results here
+
+    def __post_init__(self):
+        check_fields(self, at_least=self.at_least)
+        names = [f for f in self.fusions.split(",") if f]
+        if not names or set(names) - set(FUSIONS):
+            raise ValueError(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}, got {self.fusions!r}")
+        if getattr(self, "max_text", None) is not None and self.max_text < 1:
+            raise ValueError(f"max_text must be >= 1, got {self.max_text}")
+
+    @property
+    def fusion_list(self):
+        return [f for f in self.fusions.split(",") if f]
+
+
+@dataclass
+class StreamOptions(BenchOptions):
+    device: str = "auto"
+    tokens: int = 16              # G: greedy tokens per turn
+    turns: int = 256              # streaming turns
+    max_text: int | None = None   # rolling text window of the cache
+    png: str = ""                 # draw latency and cache size against the turn
+    at_least = dict(tokens=1, turns=1)
+
+
+@dataclass
+class TrainOptions(BenchOptions):
+    device: str = "auto"
+    frames: int = 8               # frames per clip
+    batch_size: int = 8           # clips per step
+    max_iters: int = 5            # timed steps
+    at_least = dict(frames=1, batch_size=1, max_iters=1)
+
+
+@dataclass
+class TableOptions(BenchOptions):
+    tokens: int = 16              # G: greedy tokens per turn
+    turns: int = 256              # turns of context for the FLOPs per token
+    at_least = dict(tokens=1, turns=1)
+
+
+COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
+            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions))}
 
 
 def model_for(fusion, overrides, device):
     tok = data.Tokenizer()
     torch.manual_seed(0)
-    cfg = model_config({**overrides, "fusion": fusion}, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    cfg = model_config({**overrides, "fusion": fusion}, tok)
     return VLM(cfg).to(device), tok
 
 
@@ -169,10 +216,10 @@ def train_one(fusion, args, overrides):
         step()
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(args.iters):
+    for _ in range(args.max_iters):
         step()
     sync(device)
-    seconds = (time.perf_counter() - t0) / args.iters
+    seconds = (time.perf_counter() - t0) / args.max_iters
     text_tokens = int((batch.idx != tok.pad_id).sum())
     flops = counter.get_total_flops()
     peak = matmul_peak_flops(device)
@@ -185,13 +232,13 @@ def train_one(fusion, args, overrides):
 # ------------------------------------------------------------------------------------------------ table
 
 
-def analytic_table(overrides, turns, tokens):
+def analytic_table(fusions, overrides, turns, tokens):
     """Per fusion, from the config alone: parameters, FLOPs per generated token after `turns` streaming turns,
     and bytes added to the cache per turn (fp32 keys and values)."""
     tok = data.Tokenizer()
     rows = {}
-    for fusion in FUSIONS:
-        cfg = model_config({**overrides, "fusion": fusion}, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+    for fusion in fusions:
+        cfg = model_config({**overrides, "fusion": fusion}, tok)
         model = VLM(cfg)
         counts = model.param_counts()
         C, N, L = cfg.n_embd, cfg.n_image_tokens, cfg.n_layer
@@ -222,62 +269,35 @@ def run_each(target, fusions, args, overrides):
     return results
 
 
-def parse_args(argv):
-    p = data.OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    for name in ("stream", "train", "table"):
-        s = sub.add_parser(name)
-        s.add_argument("--fusions", default=",".join(FUSIONS), help="comma-separated (default: all three)")
-        s.add_argument("--device", default="auto")
-        s.add_argument("--json", help="write the results here")
-        s.add_argument("--tokens", type=int, default=16, help="G: greedy tokens per turn (default: %(default)s)")
-        s.add_argument("--turns", type=int, default=256, help="streaming turns (default: %(default)s)")
-        if name == "stream":
-            s.add_argument("--png", help="draw latency and cache size against the turn")
-            s.add_argument("--max_text", type=int, default=None, help="rolling text window of the cache")
-        if name == "train":
-            s.add_argument("--frames", type=int, default=8)
-            s.add_argument("--batch_size", type=int, default=8)
-            s.add_argument("--iters", type=int, default=5)
-    args, rest = p.parse_known_args(argv)
-    train_options, overrides = parse_model_args(rest)  # train.py's --key=value model options
-    if train_options:
-        raise UsageError(f"--{next(iter(train_options))} is a train.py option; bench.py takes model options only")
-    args.fusions = [f for f in args.fusions.split(",") if f]
-    if set(args.fusions) - set(FUSIONS) or args.turns < 1 or args.tokens < 1:
-        raise UsageError(f"--fusions takes names from {', '.join(FUSIONS)}; --turns and --tokens must be >= 1")
-    return args, overrides
-
-
 def main(argv):
-    args, overrides = parse_args(argv)
-    device = pick_device(args.device)
-    if args.command == "table":
-        results = analytic_table(overrides, args.turns, args.tokens)
+    command, (options, overrides) = parse_options(argv, None, __doc__, COMMANDS)
+    args = build(dict(COMMANDS[command])[f"{command} options"], options)
+    model_config(overrides, data.Tokenizer())  # refuse bad model options here, not in a worker
+    for option in ("json", "png"):
+        check_writable(getattr(args, option, ""), option)
+    device = pick_device(getattr(args, "device", "cpu"))
+    if command == "table":
+        results = analytic_table(args.fusion_list, overrides, args.turns, args.tokens)
         print(f"{'fusion':<10} {'params':>9} {'fusion params':>14} {'FLOPs/token':>12} {'KV bytes/turn':>14}"
               f"   (after {args.turns} turns of G={args.tokens})")
         for name, r in results.items():
             print(f"{name:<10} {r['params']:>9,} {r['fusion_params']:>14,} {r['flops_per_token']:>12,} "
                   f"{r['kv_bytes_per_turn']:>14,}")
-    elif args.command == "stream":
-        results = run_each(stream_one, args.fusions, args, overrides)
+    elif command == "stream":
+        results = run_each(stream_one, args.fusion_list, args, overrides)
         turn = crossover(results)
         if turn is not None:
             print(f"casa decodes faster than insertion from turn {turn}")
         if args.png:
             draw_stream_png(results, args.png)
-        results = {"machine": machine(device), "casa_faster_from_turn": turn, **results}
+        results = {"machine": machine(device), "options": asdict(args), "casa_faster_from_turn": turn, **results}
     else:
-        results = {"machine": machine(device), **run_each(train_one, args.fusions, args, overrides)}
+        results = {"machine": machine(device), "options": asdict(args),
+                   **run_each(train_one, args.fusion_list, args, overrides)}
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except UsageError as e:
-        print(f"bench.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "bench.py")

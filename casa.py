@@ -52,21 +52,9 @@ class VLMConfig:
     block_wise: bool = True       # training: fusion attention per window; False = one dense mask (the reference)
 
     def __post_init__(self):
-        for f in fields(self):  # a checkpoint or a caller may hand in anything: check the kinds first
-            value, kind = getattr(self, f.name), type(f.default)
-            if kind is float and type(value) is int:
-                setattr(self, f.name, float(value))
-            elif type(value) is not kind:
-                raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
-        at_least = dict(image_size=1, patch_size=1, vit_layers=0, vit_dim=2, vit_heads=1, vocab_size=1, n_layer=1,
-                        n_head=1, n_embd=2, cross_every=1)
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if not (math.isfinite(self.rope_base) and self.rope_base > 0):
-            raise ValueError(f"rope_base must be a finite number > 0, got {self.rope_base}")
-        if not (math.isfinite(self.vit_layer_scale) and self.vit_layer_scale >= 0):
-            raise ValueError(f"vit_layer_scale must be a finite number >= 0 (0 = off), got {self.vit_layer_scale}")
+        check_fields(self, at_least=dict(image_size=1, patch_size=1, vit_layers=0, vit_dim=2, vit_heads=1,
+                                         vocab_size=1, n_layer=1, n_head=1, n_embd=2, cross_every=1,
+                                         vit_layer_scale=0.0), above=dict(rope_base=0.0))
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if self.image_size % self.patch_size:
@@ -85,6 +73,29 @@ class VLMConfig:
 
     def has_fusion_layer(self, block_index):
         return self.fusion != "insertion" and (block_index + 1) % self.cross_every == 0
+
+
+def check_fields(cfg, at_least=(), above=()):
+    """Refuse nonsense in a config dataclass before anything is built or trained: every field must have its
+    default's kind (an int may stand for a float; None where the default is None), floats must be finite, and
+    the named fields must be >= at_least[name] or > above[name]. Raises ValueError naming the field."""
+    for f in fields(cfg):
+        value, kind = getattr(cfg, f.name), type(f.default)
+        if kind is float and type(value) is int:
+            value = float(value)
+            setattr(cfg, f.name, value)
+        if f.default is None or kind not in (int, float, str, bool):
+            continue  # optional and list fields: their scripts check them
+        if type(value) is not kind:
+            raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+    for name, low in dict(at_least).items():
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
+    for name, low in dict(above).items():
+        if not getattr(cfg, name) > low:
+            raise ValueError(f"{name} must be > {low}, got {getattr(cfg, name)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,16 +14,14 @@ Scenes hold 1-4 shapes on a dark, noisy background. Positions in answers use a 3
 image: "top left", "top", "top right", "left", "center", "right", "bottom left", "bottom",
 "bottom right" (cell of the object's centre pixel).
 
-Look at samples with:  python data.py --out out-data --n 16
+Look at samples with:  python data.py --out_dir=out-data --n=16     (--help: every option)
 """
 
-import argparse
 import functools
 import json
 import math
 import random
 import string
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -645,6 +643,8 @@ def load_folder(folder, size=64):
                 raise DataError(f"{where}: {key!r} is {what}, expected a non-empty string")
         question = row.get("question") or CAPTION_QUESTION
         path = folder / row["image"]
+        if Path(row["image"]).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+            raise DataError(f"{where}: image {row['image']!r} is outside {folder} (paths are relative to it)")
         if not path.is_file():
             raise DataError(f"{where}: no such image file: {path}")
         try:
@@ -668,10 +668,26 @@ def load_folder(folder, size=64):
 # -----------------------------------------------------------------------------
 # command line: write sample conversations to look at
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (used by every script) instead of usage + error."""
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+@dataclass
+class SampleOptions:
+    """python data.py: write sample conversations to look at: OUT_DIR/NNN_task.png (all images of a conversation,
+    left to right in rows of 8) and OUT_DIR/conversations.txt (the text)."""
+    out_dir: str = "out-data"   # created if needed
+    n: int = 16                 # conversations
+    image_size: int = 64
+    seed: int = 0
+    questions: int = 1          # up to this many questions about each single-scene image, as train.py asks
+    tasks: str = "all"          # comma-separated, or all to cycle through every task (and video)
+
+    def __post_init__(self):
+        for name, low in (("n", 1), ("image_size", MIN_SIZE), ("questions", 1)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise DataError(f"--{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        every = TASKS + (VIDEO_TASK,)
+        self.task_list = every if self.tasks == "all" else tuple(t.strip() for t in self.tasks.split(","))
+        unknown = [t for t in self.task_list if t not in every]
+        if unknown:
+            raise DataError(f"unknown task {unknown[0]!r} (choose from {', '.join(every)} or all)")
 
 
 def _sheet(images, cols=8):
@@ -685,47 +701,33 @@ def _sheet(images, cols=8):
     return sheet
 
 
-def main(argv=None):
-    p = OneLineErrorParser(prog="data.py", description="Write sample conversations: DIR/NNN_task.png (all images "
-                           "of a conversation, left to right in rows of 8) and DIR/conversations.txt (the text).")
-    p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--n", type=int, default=16, help="number of conversations (default 16)")
-    p.add_argument("--size", type=int, default=64, help=f"image size in pixels, >= {MIN_SIZE} (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--questions", type=int, default=1,
-                   help="up to this many questions about each single-scene image, as train.py asks (default 1)")
-    p.add_argument("--task", default="all", choices=TASKS + (VIDEO_TASK, "all"),
-                   help="task to sample, or all to cycle through every task (default all)")
-    args = p.parse_args(argv)
-    if args.n < 1:
-        p.error(f"--n must be >= 1, got {args.n}")
-    if args.questions < 1:
-        p.error(f"--questions must be >= 1, got {args.questions}")
-    if args.size < MIN_SIZE:
-        p.error(f"--size must be >= {MIN_SIZE}, got {args.size}")
-    tasks = TASKS + (VIDEO_TASK,) if args.task == "all" else (args.task,)
+def main(argv):
+    from common import build, parse_options  # the scripts' parser; importing data.py alone stays a leaf
+    _, (options,) = parse_options(argv, [("options", SampleOptions)], SampleOptions.__doc__)
+    args = build(SampleOptions, options)
     rng = random.Random(args.seed)
-    out = Path(args.out)
+    out = Path(args.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        listing = []
-        for i in range(args.n):
-            task = tasks[i % len(tasks)]
-            conv = make_conversation(task, train_seed(rng), args.size, args.questions)
-            images = [img for turn in conv.turns for img in turn.images]
-            name = f"{i:03d}_{task}.png"
-            _sheet(images).save(out / name)
-            listing.append(f"{i:03d} {task}: {name} ({len(images)} image{'s' * (len(images) > 1)})")
-            for k, turn in enumerate(conv.turns):
-                if turn.question is None:
-                    listing.append(f"  frame {k}: {turn.answer}")
-                else:
-                    listing.append(f"  Q: {turn.question}  A: {turn.answer}")
-        (out / "conversations.txt").write_text("\n".join(listing) + "\n")
-    except (DataError, OSError) as e:
-        sys.exit(f"data.py: error: {e}")
+    except OSError as e:
+        raise DataError(f"cannot use --out_dir={args.out_dir!r}: {e.strerror}") from None
+    listing = []
+    for i in range(args.n):
+        task = args.task_list[i % len(args.task_list)]
+        conv = make_conversation(task, train_seed(rng), args.image_size, args.questions)
+        images = [img for turn in conv.turns for img in turn.images]
+        name = f"{i:03d}_{task}.png"
+        _sheet(images).save(out / name)
+        listing.append(f"{i:03d} {task}: {name} ({len(images)} image{'s' * (len(images) > 1)})")
+        for k, turn in enumerate(conv.turns):
+            if turn.question is None:
+                listing.append(f"  frame {k}: {turn.answer}")
+            else:
+                listing.append(f"  Q: {turn.question}  A: {turn.answer}")
+    (out / "conversations.txt").write_text("\n".join(listing) + "\n")
     print(f"wrote {args.n} conversations to {out} (see {out / 'conversations.txt'})")
 
 
 if __name__ == "__main__":
-    main()
+    from common import run_script
+    run_script(main, "data.py")

@@ -16,7 +16,8 @@ Why: trained from scratch inside the VLM, the encoder learns colours but not sha
 exercises/vision_probe.py --frozen_from; README, "Accuracy against budget"). Our reading: the only signal it gets
 comes through fusion layers that do not yet know where to look. And the cell: pretrained on shape and colour
 alone, the VLM's position answers stayed at chance (README); with it they climb with the other answers.
-Options are --key=value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part of).
+Options are --key=value or --key value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part
+of).
 """
 import os
 import random
@@ -28,9 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from casa import VLM
-from train import (MODEL_KEYS, UsageError, load_checkpoint, lr_factor, model_config, parse_args, pick_device,
-                   require_positive, require_unchanged, run_script, save_checkpoint)
+from casa import VLM, VLMConfig, check_fields
+from common import (UsageError, build, build_model, load_checkpoint, load_weights, lock_out_dir, lr_factor,
+                    model_config, parse_options, pick_device, require_unchanged, run_script, save_checkpoint)
 
 
 @dataclass
@@ -47,6 +48,13 @@ class PretrainConfig:
     eval_scenes: int = 256      # held-out scenes
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(batch_size=1, max_iters=1, eval_interval=1, eval_scenes=1, lr=0.0,
+                                         min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0))
+        if self.init_from not in ("scratch", "resume"):
+            raise ValueError(f"--init_from expects scratch or resume, got {self.init_from!r}")
+
 
 
 LABELS = ("shape", "color", "cell")  # what each patch names, in the order of data.object_labels
@@ -91,25 +99,28 @@ def hits_of(logits, labels):
 
 
 def main(argv):
-    run_overrides, model_overrides = parse_args(argv, PretrainConfig, __doc__)
-    cfg = PretrainConfig(**run_overrides)
-    require_positive(cfg, ("batch_size", "max_iters", "eval_interval", "eval_scenes"))
-    if cfg.init_from not in ("scratch", "resume"):
-        raise UsageError(f"--init_from expects scratch or resume, got {cfg.init_from!r}")
+    _, (run_options, model_options) = parse_options(argv, [("pretraining options (PretrainConfig)", PretrainConfig),
+                                                           ("model options (VLMConfig)", VLMConfig)], __doc__)
+    cfg = build(PretrainConfig, run_options)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(ckpt_path) if cfg.init_from == "resume" else None
+    lock = lock_out_dir(cfg.out_dir)  # noqa: F841 (held until the process ends)
+    ckpt = load_checkpoint(ckpt_path, needs=("heads", "optimizer", "iter", "train_config")) \
+        if cfg.init_from == "resume" else None
     if ckpt:  # the saved options, but for those given now
-        if "heads" not in ckpt:
-            raise UsageError(f"{ckpt_path} was not written by pretrain_vision.py (it holds no heads to resume)")
-        require_unchanged(model_overrides, ckpt["model_config"])
-        cfg = PretrainConfig(**{**ckpt["train_config"], **run_overrides, "init_from": "resume"})
-        model_overrides = ckpt["model_config"]
+        require_unchanged(model_options, ckpt["model_config"])
+        if not isinstance(ckpt["train_config"], dict):
+            raise UsageError(f"{ckpt_path}: its train_config is not a dict")
+        cfg = build(PretrainConfig, {**ckpt["train_config"], **run_options, "init_from": "resume"}, f"{ckpt_path}: ")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    tok = data.Tokenizer()
-    model_cfg = model_config({k: v for k, v in model_overrides.items() if k in MODEL_KEYS},
-                             vocab_size=tok.vocab_size, image_token_id=tok.image_id)
-    encoder = VLM(model_cfg).vision.to(device)  # built and initialised exactly as a VLM builds it
+    if ckpt:
+        vlm, tok = build_model(ckpt, ckpt_path)
+        model_cfg = vlm.config
+    else:
+        tok = data.Tokenizer()
+        model_cfg = model_config(model_options, tok)
+        vlm = VLM(model_cfg)
+    encoder = vlm.vision.to(device)  # built and initialised exactly as a VLM builds it
     heads = Heads(model_cfg.n_embd).to(device)
     params = list(encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -117,11 +128,15 @@ def main(argv):
                                   lr=cfg.lr, betas=(0.9, 0.95))
     start_iter = 0
     if ckpt:
-        encoder.load_state_dict({k.removeprefix("vision."): v for k, v in ckpt["model"].items()})
-        heads.load_state_dict(ckpt["heads"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_weights(encoder, {k.removeprefix("vision."): v for k, v in ckpt["model"].items()}, ckpt_path)
+        load_weights(heads, ckpt["heads"], ckpt_path)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{ckpt_path}: its optimizer state does not fit ({type(e).__name__})") from None
         start_iter = ckpt["iter"]
-    os.makedirs(cfg.out_dir, exist_ok=True)
+        if not isinstance(start_iter, int) or start_iter < 0:
+            raise UsageError(f"{ckpt_path}: its iter is {start_iter!r}, not an iteration count")
     grid = model_cfg.image_size // model_cfg.patch_size
     held_out = [t.to(device) for t in scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")

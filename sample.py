@@ -14,29 +14,47 @@ own turn and the model's earlier answers stay in the context.
 frame is encoded and appended, the model writes a caption until its stop token, and that stop token stays in the
 cache as the frame's boundary. One line per frame: time in the video, latency of the frame, caption.
 """
-import argparse
-import signal
-import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 import data
-from casa import VLM, VLMConfig
-from train import UsageError, load_checkpoint, pick_device
+from casa import check_fields
+from common import UsageError, build, check_writable, load_model, parse_options, pick_device, run_script
 
 MAX_PROMPT_CHARS = 200  # the training questions are far shorter; longer prompts only produce noise
 
 
-def load_model(path, device):
-    ckpt = load_checkpoint(path, device)
-    try:
-        model = VLM(VLMConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-        tok = data.Tokenizer.from_state(ckpt["tokenizer"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise UsageError(f"{path} does not hold a model this casa.py can build: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), tok
+@dataclass
+class SampleConfig:
+    ckpt: str = "out/ckpt.pt"   # checkpoint written by train.py
+    image: list[str] = field(default_factory=list)   # an image file; repeat for several images
+    scene: int | None = None    # render procedural scene SEED instead of reading a file
+    save: str = ""              # with --scene: also write the rendered scene to this path
+    prompt: list[str] = field(default_factory=list)  # the question (default: a caption); repeat for one per image
+    video: str = ""             # an animated GIF, a folder of frames, or synthetic:SEED (a procedural clip)
+    fps: float = 2.0            # frame rate of a folder or synthetic clip
+    srt: str = ""               # with --video: write the captions as subtitles
+    gif: str = ""               # with --video: write the clip with each frame's caption under it
+    max_text: int | None = None  # with --video: keep only the latest N text tokens in the cache (bounded memory)
+    temperature: float = 0.0    # 0 = greedy
+    top_k: int | None = None    # sample only from the k most likely tokens
+    max_new_tokens: int = 60
+    seed: int = 0               # for sampling
+    device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(temperature=0.0, max_new_tokens=1), above=dict(fps=0.0))
+        for name in ("max_text", "top_k"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if sum(bool(x) for x in (self.image, self.scene is not None, self.video)) > 1:
+            raise ValueError("give one of --image, --scene and --video")
+        if (self.srt or self.gif) and not self.video:
+            raise ValueError("--srt and --gif go with --video")
+        if self.save and self.scene is None:
+            raise ValueError("--save goes with --scene")
 
 
 def prompt_ids(tok, n_images, prompt):
@@ -45,42 +63,13 @@ def prompt_ids(tok, n_images, prompt):
     return [tok.image_id] * n_images + [tok.user_id] + tok.encode(prompt) + [tok.assistant_id]
 
 
-def parse_args(argv):
-    p = data.OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py (default: %(default)s)")
-    p.add_argument("--image", action="append", default=[], help="an image file; repeat for several images")
-    p.add_argument("--scene", type=int, help="render procedural scene SEED instead of reading a file")
-    p.add_argument("--save", help="with --scene: also write the rendered scene to this path")
-    p.add_argument("--prompt", action="append", help="the question (default: a caption); repeat for one per image")
-    p.add_argument("--video", help="an animated GIF, a folder of frames, or synthetic:SEED (a procedural clip)")
-    p.add_argument("--fps", type=float, default=2.0, help="frame rate of a folder or synthetic clip (default: %(default)s)")
-    p.add_argument("--srt", help="with --video: write the captions as subtitles")
-    p.add_argument("--gif", help="with --video: write the clip with each frame's caption under it")
-    p.add_argument("--max_text", type=int, default=None,
-                   help="with --video: keep only the latest N text tokens in the cache (bounded memory)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top_k", type=int, default=None, help="sample only from the k most likely tokens")
-    p.add_argument("--max_new_tokens", type=int, default=60, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="for sampling (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: %(default)s)")
-    args = p.parse_args(argv)
-    if sum(bool(x) for x in (args.image, args.scene is not None, args.video)) > 1:
-        p.error("give one of --image, --scene and --video")
-    if (args.srt or args.gif) and not args.video:
-        p.error("--srt and --gif go with --video")
-    if args.fps <= 0 or (args.max_text is not None and args.max_text < 1):
-        p.error("--fps and --max_text must be positive")
-    if args.save and args.scene is None:
-        p.error("--save goes with --scene")
-    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or args.max_new_tokens < 1:
-        p.error("--temperature must be >= 0, --top_k and --max_new_tokens >= 1")
-    return args
-
-
 def main(argv):
-    args = parse_args(argv)
+    _, (options,) = parse_options(argv, [("options", SampleConfig)], __doc__)
+    args = build(SampleConfig, options)
+    for option in ("save", "srt", "gif"):  # before any work: a clip must not stream for nothing
+        check_writable(getattr(args, option), option)
     device = pick_device(args.device)
-    model, tok = load_model(args.ckpt, device)
+    model, tok, _ = load_model(args.ckpt, device)
     generator = torch.Generator(device).manual_seed(args.seed)
     if args.video:
         return stream_video(args, model, tok, device, generator)
@@ -162,9 +151,4 @@ def write_captioned_gif(path, frames, starts, ends, captions, scale=4):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python sample.py ... | head` ends quietly
-    try:
-        main(sys.argv[1:])
-    except (UsageError, data.DataError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "sample.py")

@@ -9,17 +9,14 @@ Train a tiny vision-language model (see casa.py) on procedural scenes, or on you
     torchrun --standalone --nproc_per_node=2 train.py --device=cpu   # DDP (gloo on CPU, nccl on GPUs)
     python train.py --help                            # every option and its default
 
-Options are --key=value, checked against the types of TrainConfig and VLMConfig below.
+Options are --key=value or --key value, checked against the types and ranges of TrainConfig and VLMConfig below.
 """
-import difflib
 import json
-import math
 import os
 import random
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
@@ -27,7 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-from casa import VLM, VLMConfig
+from casa import VLM, VLMConfig, check_fields
+from common import (UsageError, build, build_model, load_checkpoint, load_weights, lock_out_dir, lr_factor,
+                    model_config, parse_options, pick_device, pick_dtype, require_unchanged, run_script, save_checkpoint)
 
 
 @dataclass
@@ -58,142 +57,16 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True       # tqdm bar
 
-
-MODEL_KEYS = [f.name for f in fields(VLMConfig) if f.name not in ("vocab_size", "image_token_id")]
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-def parse_value(key, text, kind):
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--{key} expects true or false, got {text!r}")
-    try:
-        return kind(text)
-    except ValueError:
-        raise UsageError(f"--{key} expects {kind.__name__}, got {text!r}") from None
-
-
-def parse_args(argv, run_config=TrainConfig, doc=__doc__):
-    """--key=value overrides for a run's config (TrainConfig here; pretrain_vision.py passes its own and its doc)
-    and VLMConfig: two dicts of the options given, checked and typed."""
-    train_types = {f.name: type(f.default) for f in fields(run_config)}
-    model_types = {f.name: type(f.default) for f in fields(VLMConfig) if f.name in MODEL_KEYS}
-    train_overrides, model_overrides = {}, {}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(usage(run_config, doc))
-            sys.exit(0)
-        key, eq, text = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not eq:
-            raise UsageError(f"expected --key=value, got {arg!r} (see --help)")
-        if key in train_types:
-            train_overrides[key] = parse_value(key, text, train_types[key])
-        elif key in model_types:
-            model_overrides[key] = parse_value(key, text, model_types[key])
-        else:
-            close = difflib.get_close_matches(key, list(train_types) + list(model_types), n=1)
-            raise UsageError(f"unknown option --{key}" + (f"; did you mean --{close[0]}?" if close else ""))
-    return train_overrides, model_overrides
-
-
-def train_config(options):
-    cfg = TrainConfig(**options)
-    require_positive(cfg, ("batch_size", "grad_accum", "eval_interval", "questions"))
-    return cfg
-
-
-def require_positive(cfg, keys):
-    for key in keys:  # 0 would divide by zero or train on nothing
-        if getattr(cfg, key) < 1:
-            raise UsageError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
-
-
-def require_unchanged(model_overrides, saved):
-    """Resuming: model options given now must match the checkpoint's (its weights have that shape)."""
-    changed = [k for k, v in model_overrides.items() if saved[k] != v]
-    if changed:
-        raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has {saved[changed[0]]})")
-
-
-def usage(run_config, doc):
-    lines = [doc.strip(), "", f"training options ({run_config.__name__}):"]
-    lines += [f"  --{f.name}={f.default}" for f in fields(run_config)]
-    lines += ["", "model options (VLMConfig; vocab_size and image_token_id come from the tokenizer):"]
-    lines += [f"  --{f.name}={f.default}" for f in fields(VLMConfig) if f.name in MODEL_KEYS]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ system
-
-
-def pick_device(name):
-    if name != "auto":
-        try:
-            torch.device(name)
-        except RuntimeError:
-            raise UsageError(f"--device expects auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def pick_dtype(name, device):
-    """bf16 autocast only where the hardware does it natively; fp16 (with a grad scaler) on older CUDA GPUs;
-    fp32 on CPU and MPS, where autocast buys little for models this small."""
-    if name != "auto":
-        if name not in ("float32", "bfloat16", "float16"):
-            raise UsageError(f"--dtype expects auto, float32, bfloat16 or float16, got {name!r}")
-        return getattr(torch, name)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    def __post_init__(self):  # nonsense is refused before anything trains (NaN or negative rates, zero sizes)
+        check_fields(self, at_least=dict(batch_size=1, grad_accum=1, max_iters=1, eval_interval=1, eval_per_task=1,
+                                         questions=1, lr=0.0, vision_lr=0.0, pretrained_lr=0.0, min_lr_ratio=0.0,
+                                         warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
 
 
 def unwrapped(model):
     """The plain VLM behind DDP and torch.compile wrappers, so checkpoints carry no '_orig_mod.' or 'module.'."""
     model = model.module if isinstance(model, DDP) else model
     return getattr(model, "_orig_mod", model)
-
-
-def save_checkpoint(path, state):
-    """Atomic: write a temporary file next to the target, then rename over it; a crash never leaves half a file."""
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, device="cpu"):
-    if not os.path.isfile(path):
-        raise UsageError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UsageError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
-        raise UsageError(f"{path} is not a casa checkpoint (no model, model_config or tokenizer)")
-    return ckpt
-
-
-def model_config(options, **fixed):
-    try:
-        return VLMConfig(**options, **fixed)
-    except (TypeError, ValueError) as e:  # the config's own checks, e.g. a fusion name that does not exist, or
-        raise UsageError(str(e)) from None  # a checkpoint's config with a field this VLMConfig does not have
-
-
-def lr_factor(it, cfg):
-    """Linear warmup, then cosine decay to min_lr_ratio at max_iters."""
-    if it < cfg.warmup_iters:
-        return (it + 1) / cfg.warmup_iters
-    progress = min(1.0, (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model, new_names, cfg, fused):
@@ -237,13 +110,18 @@ class Conversations:
             self.tasks = task_list(cfg)
             self.held_out = data.eval_conversations(cfg.eval_per_task, size, self.tasks)
         else:
-            try:
-                convs = data.load_folder(cfg.data, size)
-            except data.DataError as e:
-                raise UsageError(str(e)) from None
+            convs = data.load_folder(cfg.data, size)
+            if len(convs) < 10:
+                raise UsageError(f"--data={cfg.data} has {len(convs)} examples; a held-out split (a tenth, at least "
+                                 "one) and training need at least 10")
             random.Random(0).shuffle(convs)
-            n_eval = min(len(convs) // 10, cfg.eval_per_task) if len(convs) >= 10 else 0
+            n_eval = min(len(convs) // 10, cfg.eval_per_task)
             self.held_out, self.train = convs[:n_eval], convs[n_eval:]
+            seen = {fingerprint(c) for c in self.train}  # a held-out copy of a training example measures memory
+            self.held_out = [c for c in self.held_out if fingerprint(c) not in seen]
+            self.dropped = n_eval - len(self.held_out)
+            if not self.held_out:
+                raise UsageError(f"--data={cfg.data}: every held-out example also occurs in training")
 
     def batch(self, it, rank, micro):
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
@@ -251,6 +129,10 @@ class Conversations:
             task = rng.choice(self.tasks)
             return data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,), self.cfg.questions)
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
+
+
+def fingerprint(conv):
+    return tuple((tuple(im.tobytes() for im in t.images), t.question, t.answer) for t in conv.turns)
 
 
 def to_device(batch, device):
@@ -282,15 +164,30 @@ def accuracy_table(accuracy, blind):
     return "\n".join(rows)
 
 
+def open_log(path, start_iter):
+    """log.jsonl, line-buffered, for appending. Resumed at start_iter, the lines of later iterations (written after
+    the checkpoint the run resumes from) are dropped first, so that no iteration is logged twice."""
+    if start_iter and os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= start_iter]
+        with open(path, "w") as f:
+            f.writelines(kept)
+    return open(path, "a" if start_iter else "w", buffering=1)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
 def main(argv):
-    train_overrides, model_overrides = parse_args(argv)
-    cfg, ckpt = train_config(train_overrides), None
+    _, (train_options, model_options) = parse_options(argv, [("training options (TrainConfig)", TrainConfig),
+                                                             ("model options (VLMConfig)", VLMConfig)], __doc__)
+    cfg, ckpt = build(TrainConfig, train_options), None
     if cfg.init_from == "resume":  # carry on with the options saved in the checkpoint, but for those given now
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-        cfg = train_config({**ckpt["train_config"], **train_overrides})
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        ckpt = load_checkpoint(path, needs=("iter", "train_config", "optimizer", "scaler", "rng"))
+        if not isinstance(ckpt["train_config"], dict):
+            raise UsageError(f"{path}: its train_config is not a dict")
+        cfg = build(TrainConfig, {**ckpt["train_config"], **train_options}, f"{path}: ")
     ddp = "RANK" in os.environ
     if ddp:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -310,45 +207,50 @@ def main(argv):
 
     # ---- model, tokenizer, optimizer state: from scratch, from another model, or resumed
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    lock = lock_out_dir(cfg.out_dir) if master else None  # noqa: F841 (held until the process ends)
     start_iter, new_names = 0, None
     if cfg.init_from == "scratch":
         tok = data.Tokenizer()
-        model_cfg = model_config(model_overrides, vocab_size=tok.vocab_size, image_token_id=tok.image_id)
+        model_cfg = model_config(model_options, tok)
         model = VLM(model_cfg)
     else:
-        ckpt = ckpt or load_checkpoint(cfg.init_from)
-        tok = data.Tokenizer.from_state(ckpt["tokenizer"])
-        saved = dict(ckpt["model_config"])
+        path = ckpt_path if cfg.init_from == "resume" else cfg.init_from
+        ckpt = ckpt or load_checkpoint(path)
         if cfg.init_from == "resume":
-            require_unchanged(model_overrides, saved)
-        model_cfg = model_config({**saved, **model_overrides})
-        model = VLM(model_cfg)
+            require_unchanged(model_options, ckpt["model_config"])
+        model, tok = build_model(ckpt, path, model_options)
+        model_cfg = model.config
         if cfg.init_from == "resume":
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt["model"], path)
             start_iter = ckpt["iter"]
+            if not isinstance(start_iter, int) or start_iter < 0:
+                raise UsageError(f"{path}: its iter is {start_iter!r}, not an iteration count")
             if ckpt.get("pretrained"):  # an adapted model: its weights from --init_from=PATH keep their own LR
                 new_names = {name for name, _ in model.named_parameters()} - set(ckpt["pretrained"])
         else:
             try:
                 new_names = set(model.load_pretrained(ckpt["model"]))
-            except ValueError as e:  # e.g. the two models' sizes differ
-                raise UsageError(str(e)) from None
+            except (ValueError, AttributeError) as e:  # e.g. the two models' sizes differ
+                raise UsageError(f"{path}: {e}") from None
     model.to(device)
     if new_names is None:  # trained from scratch (or resuming that): every weight is new
         new_names = {name for name, _ in model.named_parameters()}
     optimizer = make_optimizer(model, new_names, cfg, fused=device_type == "cuda")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     if cfg.init_from == "resume":
+        run = ckpt["train_config"]  # the options of the run that wrote it
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError:  # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
-            run = ckpt["train_config"]  # the options of the run that wrote it
             raise UsageError("the checkpoint's optimizer state does not fit; resume with the --pretrained_lr "
-                             f"of the run that wrote it ({run['pretrained_lr']}) and its --vision_lr "
-                             f"({run.get('vision_lr', run['lr'])})") from None
-        scaler.load_state_dict(ckpt["scaler"])
-        random.setstate(ckpt["rng"]["python"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+                             f"of the run that wrote it ({run.get('pretrained_lr')}) and its --vision_lr "
+                             f"({run.get('vision_lr', run.get('lr'))})") from None
+        try:
+            scaler.load_state_dict(ckpt["scaler"])
+            random.setstate(ckpt["rng"]["python"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UsageError(f"{ckpt_path}: unusable scaler or random state ({type(e).__name__})") from None
     ckpt = None  # free memory
 
     raw_model = model
@@ -364,15 +266,13 @@ def main(argv):
     blind_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size, blank_images=True)
                      for i in range(0, len(source.held_out), 64)]
     if master:
-        try:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot use --out_dir={cfg.out_dir!r}: {e.strerror}") from None
         counts = raw_model.param_counts()
         print(f"{model_cfg.fusion} model, {counts['total'] / 1e6:.2f}M parameters "
               f"({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items() if k != 'total')}); "
               f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es)")
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a", buffering=1) if master else None  # line-buffered
+        if getattr(source, "dropped", 0):
+            print(f"{source.dropped} held-out example(s) dropped: they also occur in the training data")
+    log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter) if master else None
 
     def checkpoint(it):
         save_checkpoint(ckpt_path, {
@@ -431,18 +331,6 @@ def main(argv):
         print(f"checkpoint: {ckpt_path}")
     if ddp:
         dist.destroy_process_group()
-
-
-def run_script(main, name):
-    """Run a training script's main: bad input is one line and exit 2, Ctrl-C exit 130; never a traceback."""
-    try:
-        main(sys.argv[1:])
-    except (UsageError, data.DataError) as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted (the last checkpoint is intact)", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

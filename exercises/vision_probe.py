@@ -9,14 +9,15 @@ a max, which (like attention) can pick the object out of the background; a mean 
     python exercises/vision_probe.py --encoder=vit --vit_layer_scale=0     # ... without LayerScale: stalls
     python exercises/vision_probe.py --encoder=cnn                         # three strided 3x3 convolutions
 
-Try: --pool=mean, --vit_layers=0 or 1, --lr, --warmup. And --frozen_from=CKPT: how much shape does the encoder of a
-trained VLM hold, or of one from pretrain_vision.py? Why do random residual blocks, updated by Adam at 2e-3,
+Try: --pool=mean, --vit_layers=0 or 1, --lr, --warmup_iters. And --ckpt=CKPT: how much shape does the encoder of a
+trained VLM hold, or of one from pretrain_vision.py? (Options are --key=value or --key value; --help lists them.) Why do random residual blocks, updated by Adam at 2e-3,
 stop a ViT from learning, when a gain of 0.01 in front of each branch does not?
 """
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,8 +25,30 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
-from casa import VLM, VLMConfig  # noqa: E402
-from train import UsageError, load_checkpoint  # noqa: E402
+from casa import VLM, VLMConfig, check_fields  # noqa: E402
+from common import UsageError, build, build_model, load_checkpoint, load_weights, parse_options, run_script  # noqa: E402
+
+
+@dataclass
+class ProbeConfig:
+    encoder: str = "vit"        # vit (casa's, as a VLM builds it) | cnn
+    vit_layers: int = VLMConfig.vit_layers
+    vit_layer_scale: float = VLMConfig.vit_layer_scale  # starting gain of the ViT residual branches (0 = off)
+    pool: str = "max"           # max | mean: how the tokens become one vector for the head
+    lr: float = 2e-3
+    warmup_iters: int = 0       # linear warmup
+    max_iters: int = 300
+    batch_size: int = 32
+    seed: int = 0
+    ckpt: str = ""              # probe a trained encoder instead: a train.py or pretrain_vision.py checkpoint's,
+                                # frozen, so that only the head learns
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(vit_layers=0, vit_layer_scale=0.0, lr=0.0, warmup_iters=0, max_iters=1,
+                                         batch_size=1))
+        for name, allowed in (("encoder", ("vit", "cnn")), ("pool", ("max", "mean"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} expects {' or '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 class SmallCNN(nn.Module):
@@ -48,34 +71,19 @@ def shape_batch(seed, n, size):
     return images, torch.tensor([data.SHAPES.index(s["objects"][0]["shape"]) for s in scenes])
 
 
-def main():
-    p = data.OneLineErrorParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--encoder", choices=("vit", "cnn"), default="vit")
-    p.add_argument("--vit_layers", type=int, default=VLMConfig.vit_layers)
-    p.add_argument("--vit_layer_scale", type=float, default=VLMConfig.vit_layer_scale,
-                   help=f"starting gain of the ViT residual branches (default {VLMConfig.vit_layer_scale}; 0 = off)")
-    p.add_argument("--pool", choices=("max", "mean"), default="max")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=0, help="linear warmup iterations (default 0)")
-    p.add_argument("--iters", type=int, default=300)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frozen_from", metavar="CKPT", help="probe a trained encoder instead: the vision encoder of a "
-                   "train.py or pretrain_vision.py checkpoint, frozen, so that only the head learns")
-    args = p.parse_args()
+def main(argv):
+    _, (options,) = parse_options(argv, [("options", ProbeConfig)], __doc__)
+    args = build(ProbeConfig, options)
     torch.manual_seed(args.seed)
-    if args.frozen_from:  # does this trained encoder already hold shapes, linearly?
-        try:
-            ckpt = load_checkpoint(args.frozen_from)
-        except UsageError as e:
-            p.error(str(e))
-        cfg = VLMConfig(**ckpt["model_config"])
-        model = VLM(cfg)
-        missing = [k for k in model.state_dict() if k.startswith("vision.") and k not in ckpt["model"]]
+    if args.ckpt:  # does this trained encoder already hold shapes, linearly?
+        ckpt = load_checkpoint(args.ckpt)
+        model, _ = build_model(ckpt, args.ckpt)
+        vision = {k: v for k, v in ckpt["model"].items() if k.startswith("vision.")}
+        load_weights(model, vision, args.ckpt, strict=False)
+        missing = [k for k in model.state_dict() if k.startswith("vision.") and k not in vision]
         if missing:
-            p.error(f"{args.frozen_from} holds no {missing[0]}: not an encoder this casa.py builds")
-        model.load_pretrained(ckpt["model"])
-        encoder = model.vision.eval().requires_grad_(False)
+            raise UsageError(f"{args.ckpt} holds no {missing[0]}: not an encoder this casa.py builds")
+        cfg, encoder = model.config, model.vision.eval().requires_grad_(False)
     else:
         cfg = VLMConfig(vit_layers=args.vit_layers, vit_layer_scale=args.vit_layer_scale)
         # the ViT exactly as a VLM builds and initialises it (the language model around it is not used)
@@ -90,9 +98,9 @@ def main():
 
     held_out = shape_batch(-1, 256, cfg.image_size)  # a seed the training batches never use
     t0 = time.time()
-    for it in range(args.iters):
+    for it in range(args.max_iters):
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (it + 1) / max(1, args.warmup))
+            group["lr"] = args.lr * min(1.0, (it + 1) / max(1, args.warmup_iters))
         images, shapes = shape_batch(it, args.batch_size, cfg.image_size)
         loss = F.cross_entropy(logits(images), shapes)
         loss.backward()
@@ -105,4 +113,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "vision_probe.py")

@@ -1,0 +1,310 @@
+"""
+common.py: what every casa script stands on, so that the scripts are peers and none imports another.
+
+    UsageError, run_script        bad input is one line on stderr and exit 2; Ctrl-C and SIGTERM end quietly
+    parse_options                 the one option parser: --key=value or --key value, typed from the run's dataclasses
+    pick_device, pick_dtype       device and precision
+    save_checkpoint, load_checkpoint, load_model, build_model    checkpoints: atomic writes, checked reads
+    lock_out_dir, check_writable  refuse a busy out_dir or an output path that cannot be written, before the work
+"""
+import difflib
+import fcntl
+import math
+import os
+import signal
+import sys
+import tempfile
+import types
+from dataclasses import fields
+
+import torch
+
+import data
+from casa import VLM, VLMConfig
+
+# the model options a script may set; vocab_size and image_token_id come from the tokenizer
+MODEL_KEYS = [f.name for f in fields(VLMConfig) if f.name not in ("vocab_size", "image_token_id")]
+
+
+class UsageError(Exception):
+    """Bad input the user can fix: printed as one line, exit code 2."""
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def run_script(main, name):
+    """Run a script's main(argv): a UsageError or DataError is one line and exit 2; Ctrl-C (exit 130) and SIGTERM
+    (what schedulers and `docker stop` send; exit 143) end with one line, the last checkpoint intact. Never a
+    traceback for these."""
+    def terminated(signum, frame):
+        raise KeyboardInterrupt(signum)
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        main(sys.argv[1:])
+    except (UsageError, data.DataError) as e:
+        print(f"{name}: error: {first_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args else signal.SIGINT
+        print(f"{name}: {'terminated' if signum == signal.SIGTERM else 'interrupted'} "
+              "(the last checkpoint is intact)", file=sys.stderr)
+        sys.exit(128 + signum)
+    except BrokenPipeError:  # `python sample.py ... | head` ends quietly
+        sys.stderr.close()
+        sys.exit(0)
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def option_kind(f):
+    """(parse one value, repeatable?) for a dataclass field: int, float, str, bool, `X | None` or list[X]."""
+    kind = f.type
+    if isinstance(kind, types.GenericAlias) and kind.__origin__ is list:
+        return kind.__args__[0], True
+    if isinstance(kind, types.UnionType):
+        return next(k for k in kind.__args__ if k is not type(None)), False
+    return kind, False
+
+
+def parse_value(key, text, kind):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--{key} expects true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"--{key} expects {'a number' if kind is float else kind.__name__}, got {text!r}") from None
+
+
+def parse_options(argv, configs, doc, commands=None):
+    """Options for a script: `configs` are the dataclasses (with a title each) whose fields are its options, as
+    [(title, cls), ...]. Accepts --key=value and --key value (a bool alone means true), types them from the fields,
+    suggests the closest name for a typo and prints the doc and every option for --help. With `commands`
+    (name -> configs), the first argument picks one. Returns (command or None, [dict of the options given, per
+    config])."""
+    command = None
+    if commands is not None:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(doc.strip() + "\n\ncommands: " + ", ".join(commands))
+            sys.exit(0 if argv else 2)
+        command, argv = argv[0], argv[1:]
+        if command not in commands:
+            close = difflib.get_close_matches(command, list(commands), n=1)
+            raise UsageError(f"unknown command {command!r}; commands are {', '.join(commands)}"
+                             + (f" (did you mean {close[0]}?)" if close else ""))
+        configs = commands[command]
+    owner = {f.name: (i, f) for i, (_, cls) in enumerate(configs) for f in fields(cls)
+             if cls is not VLMConfig or f.name in MODEL_KEYS}
+    given = [{} for _ in configs]
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            print(usage(configs, doc))
+            sys.exit(0)
+        if not arg.startswith("--"):
+            raise UsageError(f"expected an option --key=value or --key value, got {arg!r} (see --help)")
+        key, eq, text = arg[2:].partition("=")
+        if key not in owner:
+            close = difflib.get_close_matches(key, list(owner), n=1)
+            raise UsageError(f"unknown option --{key}" + (f"; did you mean --{close[0]}?" if close else "")
+                             + " (see --help)")
+        which, f = owner[key]
+        kind, repeatable = option_kind(f)
+        if not eq:
+            if kind is bool and (i == len(argv) or argv[i].startswith("--")):
+                text = "true"
+            elif i == len(argv):
+                raise UsageError(f"--{key} needs a value")
+            else:
+                text, i = argv[i], i + 1
+        value = parse_value(key, text, kind)
+        if repeatable:
+            given[which].setdefault(key, []).append(value)
+        else:
+            given[which][key] = value
+    return command, given
+
+
+def usage(configs, doc):
+    lines = [doc.strip()]
+    for title, cls in configs:
+        lines += ["", f"{title}:"]
+        lines += [f"  --{f.name}={default_of(f)}" for f in fields(cls) if cls is not VLMConfig or f.name in MODEL_KEYS]
+    return "\n".join(lines)
+
+
+def default_of(f):
+    return "(repeatable)" if option_kind(f)[1] else f.default
+
+
+def build(cls, options, where=""):
+    """cls(**options), with unknown names and the config's own checks (ValueError) as one-line UsageErrors.
+    `where` names the source of the options when they did not come from the command line."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"{where}unknown option {unknown[0]!r}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{where}{first_line(e)}") from None
+
+
+def model_config(options, tok, where=""):
+    """The VLMConfig of these model options, with the vocabulary of this tokenizer."""
+    return build(VLMConfig, {**options, "vocab_size": tok.vocab_size, "image_token_id": tok.image_id}, where)
+
+
+def require_unchanged(model_overrides, saved):
+    """Resuming: model options given now must match the checkpoint's (its weights have that shape)."""
+    changed = [k for k, v in model_overrides.items() if saved.get(k) != v]
+    if changed:
+        raise UsageError(f"--{changed[0]} cannot change when resuming (the checkpoint has {saved.get(changed[0])})")
+
+
+def lr_factor(it, cfg):
+    """Linear warmup over cfg.warmup_iters, then cosine decay to cfg.min_lr_ratio at cfg.max_iters."""
+    if it < cfg.warmup_iters:
+        return (it + 1) / cfg.warmup_iters
+    progress = min(1.0, (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------------ system
+
+
+def pick_device(name):
+    """auto = cuda, else mps, else cpu. A device this machine does not have is refused, with the reason."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device expects auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device={name}: this machine has no CUDA GPU (torch {torch.__version__}); "
+                         "use --device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device={name}: MPS is not available here; use --device=cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device expects auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    return name
+
+
+def pick_dtype(name, device):
+    """bf16 autocast only where the hardware does it natively; fp16 (with a grad scaler) on older CUDA GPUs;
+    fp32 on CPU and MPS, where autocast buys little for models this small."""
+    if name != "auto":
+        if name not in ("float32", "bfloat16", "float16"):
+            raise UsageError(f"--dtype expects auto, float32, bfloat16 or float16, got {name!r}")
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def lock_out_dir(out_dir):
+    """Create out_dir and hold an exclusive lock on it for this process's life: a second run into the same folder
+    is refused at once, instead of the two overwriting each other's checkpoint. Returns the open lock file."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, ".lock"), "w")
+    except OSError as e:
+        raise UsageError(f"cannot use --out_dir={out_dir!r}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UsageError(f"--out_dir={out_dir!r} is in use by another run (wait for it, or pick another out_dir)") \
+            from None
+    return lock
+
+
+def check_writable(path, option):
+    """Refuse, before any work, an output path that cannot be written: a missing folder, a folder, no permission."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--{option}={path}: is a directory")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--{option}={path}: no such directory {folder}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"--{option}={path}: not writable")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(path, state):
+    """Atomic: write a temporary file next to the target, then rename over it; a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, device="cpu", needs=()):
+    """A casa checkpoint as a dict, read with weights_only (no code runs). `needs`: keys the caller relies on
+    beyond model, model_config and tokenizer (e.g. iter and optimizer to resume)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"no checkpoint at {path}")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"{path} is empty (0 bytes): not a checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch reports unreadable files with many exception types
+        raise UsageError(f"cannot read checkpoint {path}: {first_line(e)}") from None
+    missing = [k for k in ("model", "model_config", "tokenizer", *needs) if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UsageError(f"{path} is not a casa checkpoint of this kind (it has no {missing[0]})")
+    if not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["model"], dict):
+        raise UsageError(f"{path} is not a casa checkpoint (its model or model_config is not a dict)")
+    return ckpt
+
+
+def build_model(ckpt, path, overrides=None):
+    """The tokenizer and an untrained VLM of the checkpoint's config (with `overrides` on top), checked."""
+    where = f"{path}: "
+    try:
+        tok = data.Tokenizer.from_state(ckpt["tokenizer"])
+    except (data.DataError, KeyError, TypeError) as e:
+        raise UsageError(f"{where}unusable tokenizer ({first_line(e)})") from None
+    saved = {k: v for k, v in ckpt["model_config"].items() if k not in ("vocab_size", "image_token_id")}
+    cfg = model_config({**saved, **(overrides or {})}, tok, where)
+    if (ckpt["model_config"].get("vocab_size", cfg.vocab_size), ckpt["model_config"].get(
+            "image_token_id", cfg.image_token_id)) != (cfg.vocab_size, cfg.image_token_id):
+        raise UsageError(f"{where}its model_config does not match its tokenizer (vocab_size, image_token_id)")
+    return VLM(cfg), tok
+
+
+def load_weights(model, state_dict, path, strict=True):
+    """Load weights, a mismatch (other shapes, missing or extra tensors) as one line."""
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+        message = " ".join(str(e).split())
+        raise UsageError(f"{path}: its weights do not fit its model_config ({message[:160]})") from None
+
+
+def load_model(path, device):
+    """(model in eval mode on device, tokenizer, checkpoint) from a train.py checkpoint."""
+    ckpt = load_checkpoint(path, device)
+    model, tok = build_model(ckpt, path)
+    load_weights(model, ckpt["model"], path)
+    return model.to(device).eval(), tok, ckpt
