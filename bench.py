@@ -8,6 +8,9 @@ Measure what the three fusions cost, side by side (untrained weights are fine fo
         measured here
     python bench.py table
         the analytic view: parameters, FLOPs per generated token and bytes cached per turn
+    python bench.py learn --json results/learn.json --png results/learn.png
+        time to accuracy: trains each fusion with train.py (same data, same budget) and reports the iterations,
+        training seconds and text tokens until colour, shape, count and position first reach 50, 80 and 90%
 
 Options are --key=value or --key value: each command's own (see --help after the command) and the model options
 of train.py (e.g. --n_embd=256). Every fusion runs in a fresh process, so the peak memory of one does not hide in
@@ -18,6 +21,9 @@ import multiprocessing
 import os
 import platform
 import resource
+import shlex
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -26,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import data
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
-from common import build, check_writable, model_config, parse_options, pick_device, run_script
+from common import UsageError, build, check_writable, model_config, parse_options, pick_device, run_script
 
 
 @dataclass
@@ -73,8 +79,19 @@ class TableOptions(BenchOptions):
     at_least = dict(tokens=1, turns=1)
 
 
+@dataclass
+class LearnOptions(BenchOptions):
+    out_dir: str = "out-learn"    # one train.py run per fusion in OUT_DIR/FUSION (and the encoder in OUT_DIR/vision)
+    vision_iters: int = 0         # first pretrain the vision encoder this many iterations (pretrain_vision.py),
+                                  # once, and start every fusion from it; its time counts in every fusion's total
+    train_args: str = ""          # more train.py options, as on its command line (e.g. "--max_iters=600 --lr=3e-3")
+    png: str = ""                 # accuracy against training seconds, a panel per task, a line per fusion
+    at_least = dict(vision_iters=0)
+
+
 COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
-            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions))}
+            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions),
+                                          ("learn", LearnOptions))}
 
 
 def model_for(fusion, overrides, device):
@@ -167,28 +184,29 @@ def crossover(results):
     return next((i + 1 for i in range(turns) if speed("casa", i) > speed("insertion", i)), None)
 
 
-def draw_stream_png(results, path, width=900, height=600):
-    """Two panels drawn with pillow: time to first token and cached tokens against the turn, one line a fusion."""
+def draw_lines(panels, path, width=900, panel_height=300, ymax=None):
+    """Panels stacked top to bottom, drawn with pillow: each (title, {fusion: [(x, y), ...]}), one line a fusion,
+    axes from 0 to the largest x and y (or ymax)."""
     from PIL import Image, ImageDraw
     colors = {"insertion": (214, 39, 40), "cross": (31, 119, 180), "casa": (44, 160, 44)}
-    img = Image.new("RGB", (width, height), "white")
+    img = Image.new("RGB", (width, panel_height * len(panels)), "white")
     draw = ImageDraw.Draw(img)
-    panels = [("time to first token (ms)", "ttft_ms"), ("cached tokens", "kv_tokens")]
-    for p, (title, key) in enumerate(panels):
-        top, left, w, h = 30 + p * height // 2, 70, width - 100, height // 2 - 70
+    for p, (title, lines) in enumerate(panels):
+        top, left, w, h = 30 + p * panel_height, 70, width - 100, panel_height - 70
         draw.rectangle([left, top, left + w, top + h], outline="black")
-        ymax = max(r[key] for res in results.values() for r in res["per_turn"]) or 1
-        turns = max(len(res["per_turn"]) for res in results.values())
-        draw.text((left, top - 18), f"{title} vs turn", fill="black")
-        draw.text((4, top), f"{ymax:.0f}", fill="black")
+        points = [pt for line in lines.values() for pt in line]
+        xmax = max((x for x, _ in points), default=1) or 1
+        top_y = ymax or max((y for _, y in points), default=1) or 1
+        draw.text((left, top - 18), title, fill="black")
+        draw.text((4, top), f"{top_y:.4g}", fill="black")
         draw.text((4, top + h - 10), "0", fill="black")
-        draw.text((left + w - 30, top + h + 4), str(turns), fill="black")
-        for name, res in results.items():
-            pts = [(left + w * (r["turn"] - 1) / max(1, turns - 1), top + h - h * r[key] / ymax)
-                   for r in res["per_turn"]]
-            draw.line(pts, fill=colors.get(name, "black"), width=2)
-    for i, name in enumerate(results):
-        draw.text((width - 160, 40 + 14 * i), name, fill=colors.get(name, "black"))
+        draw.text((left + w - 30, top + h + 4), f"{xmax:.4g}", fill="black")
+        for name, line in lines.items():
+            pts = [(left + w * x / xmax, top + h - h * y / top_y) for x, y in line]
+            if len(pts) > 1:
+                draw.line(pts, fill=colors.get(name, "black"), width=2)
+        for i, name in enumerate(lines):
+            draw.text((left + w - 90, top + 8 + 14 * i), name, fill=colors.get(name, "black"))
     img.save(path)
 
 
@@ -254,6 +272,69 @@ def analytic_table(fusions, overrides, turns, tokens):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ learn
+
+LEARN_TASKS = ("color", "shape", "count", "position")
+THRESHOLDS = (0.5, 0.8, 0.9)
+
+
+def run_script_for(script, argv):
+    """Run another casa script as a program (scripts are peers: they share no imports). Its errors pass through."""
+    r = subprocess.run([sys.executable, script, *argv], cwd=os.path.dirname(os.path.abspath(__file__)))
+    if r.returncode:
+        raise UsageError(f"{script} {' '.join(argv)} failed (exit {r.returncode})")
+
+
+def eval_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [e for e in map(json.loads, f) if e.get("kind") == "eval"]
+
+
+def first_reached(curve, offset_s):
+    """Per task and threshold, the first eval at or above it: its iteration, training seconds (with the encoder's
+    pretraining seconds, offset_s) and text tokens; None if never reached."""
+    table = {}
+    for task in LEARN_TASKS:
+        table[task] = {}
+        for level in THRESHOLDS:
+            hit = next((e for e in curve if e["accuracy"].get(task, 0) >= level), None)
+            table[task][f"{level:.0%}"] = None if hit is None else {
+                "iter": hit["iter"], "train_s": round(offset_s + hit["train_s"], 1), "text_tokens": hit["text_tokens"]}
+    return table
+
+
+def learn(args, overrides):
+    model_argv = [f"--{k}={v}" for k, v in overrides.items()]
+    vision_s, init = 0.0, []
+    if args.vision_iters:
+        vision_dir = os.path.join(args.out_dir, "vision")
+        run_script_for("pretrain_vision.py", [f"--out_dir={vision_dir}", f"--max_iters={args.vision_iters}",
+                                              f"--eval_interval={args.vision_iters}", *model_argv])
+        vision_s = eval_log(vision_dir)[-1]["train_s"]
+        init = [f"--init_from={os.path.join(vision_dir, 'ckpt.pt')}"]
+    results = {}
+    for fusion in args.fusion_list:
+        out = os.path.join(args.out_dir, fusion)
+        run_script_for("train.py", [f"--out_dir={out}", f"--fusion={fusion}", *init, *model_argv,
+                                    *shlex.split(args.train_args)])
+        curve = eval_log(out)
+        results[fusion] = {"vision_pretrain_s": vision_s, "reached": first_reached(curve, vision_s),
+                           "curve": [{k: e[k] for k in ("iter", "train_s", "text_tokens", "accuracy",
+                                                        "blind_accuracy")} for e in curve]}
+    return results
+
+
+def learn_table(results):
+    rows = [f"{'fusion':<10} {'task':<9} " + " ".join(f"{'to ' + f'{t:.0%}':>22}" for t in THRESHOLDS),
+            f"{'':<20} " + " ".join(f"{'iter / s / tokens':>22}" for _ in THRESHOLDS)]
+    for fusion, r in results.items():
+        for task, levels in r["reached"].items():
+            cells = ["-" if hit is None else f"{hit['iter']} / {hit['train_s']:.0f} / {hit['text_tokens']:,}"
+                     for hit in levels.values()]
+            rows.append(f"{fusion:<10} {task:<9} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(rows)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -289,8 +370,19 @@ def main(argv):
         if turn is not None:
             print(f"casa decodes faster than insertion from turn {turn}")
         if args.png:
-            draw_stream_png(results, args.png)
+            draw_lines([(f"{title} vs turn", {fusion: [(r["turn"], r[key]) for r in res["per_turn"]]
+                                              for fusion, res in results.items()})
+                        for title, key in (("time to first token (ms)", "ttft_ms"), ("cached tokens", "kv_tokens"))],
+                       args.png)
         results = {"machine": machine(device), "options": asdict(args), "casa_faster_from_turn": turn, **results}
+    elif command == "learn":
+        results = learn(args, overrides)
+        print(learn_table(results))
+        if args.png:
+            draw_lines([(f"{task} accuracy vs training seconds", {
+                fusion: [(r["vision_pretrain_s"] + e["train_s"], e["accuracy"].get(task, 0)) for e in r["curve"]]
+                for fusion, r in results.items()}) for task in LEARN_TASKS], args.png, ymax=1.0)
+        results = {"machine": machine(device), "options": asdict(args), **results}
     else:
         results = {"machine": machine(device), "options": asdict(args),
                    **run_each(train_one, args.fusion_list, args, overrides)}

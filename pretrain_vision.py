@@ -19,6 +19,7 @@ alone, the VLM's position answers stayed at chance (README); with it they climb 
 Options are --key=value or --key value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part
 of).
 """
+import json
 import os
 import random
 import time
@@ -103,7 +104,6 @@ def main(argv):
                                                            ("model options (VLMConfig)", VLMConfig)], __doc__)
     cfg = build(PretrainConfig, run_options)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    lock = lock_out_dir(cfg.out_dir)  # noqa: F841 (held until the process ends)
     ckpt = load_checkpoint(ckpt_path, needs=("heads", "optimizer", "iter", "train_config")) \
         if cfg.init_from == "resume" else None
     if ckpt:  # the saved options, but for those given now
@@ -112,6 +112,7 @@ def main(argv):
             raise UsageError(f"{ckpt_path}: its train_config is not a dict")
         cfg = build(PretrainConfig, {**ckpt["train_config"], **run_options, "init_from": "resume"}, f"{ckpt_path}: ")
     device = pick_device(cfg.device)
+    lock = lock_out_dir(cfg.out_dir)  # noqa: F841 (after the checks; held until the process ends)
     torch.manual_seed(cfg.seed)
     if ckpt:
         vlm, tok = build_model(ckpt, ckpt_path)
@@ -140,6 +141,8 @@ def main(argv):
     grid = model_cfg.image_size // model_cfg.patch_size
     held_out = [t.to(device) for t in scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
+    spent = {"train_s": float(ckpt.get("train_s", 0.0)) if ckpt else 0.0}  # training time, evaluation excluded
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if ckpt else "w", buffering=1)
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
         for group in optimizer.param_groups:
@@ -151,16 +154,20 @@ def main(argv):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.max_iters:
+            spent["train_s"] += time.time() - t0
             with torch.no_grad():
                 encoder.eval()
                 hits = hits_of(heads(encoder(held_out[0])), held_out[1])
                 encoder.train()
             print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
-                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({time.time() - t0:.0f} s)")
+                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({spent['train_s']:.0f} s)")
+            log.write(json.dumps({"kind": "eval", "iter": it + 1, "train_s": spent["train_s"], "loss": loss.item(),
+                                  "patches_right": hits}) + "\n")
             save_checkpoint(ckpt_path, {
                 "model": {f"vision.{k}": v for k, v in encoder.state_dict().items()}, "heads": heads.state_dict(),
                 "optimizer": optimizer.state_dict(), "iter": it + 1, "model_config": asdict(model_cfg),
-                "train_config": asdict(cfg), "tokenizer": tok.state()})
+                "train_config": asdict(cfg), "tokenizer": tok.state(), "train_s": spent["train_s"]})
+            t0 = time.time()
     print(f"checkpoint: {ckpt_path} (start a VLM from it: python train.py --init_from={ckpt_path})")
 
 

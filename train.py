@@ -207,7 +207,6 @@ def main(argv):
 
     # ---- model, tokenizer, optimizer state: from scratch, from another model, or resumed
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    lock = lock_out_dir(cfg.out_dir) if master else None  # noqa: F841 (held until the process ends)
     start_iter, new_names = 0, None
     if cfg.init_from == "scratch":
         tok = data.Tokenizer()
@@ -251,6 +250,10 @@ def main(argv):
             torch.set_rng_state(ckpt["rng"]["torch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UsageError(f"{ckpt_path}: unusable scaler or random state ({type(e).__name__})") from None
+    # training time (evaluation excluded) and text tokens so far: what time-to-accuracy is measured in
+    spent = {"train_s": 0.0, "text_tokens": 0}
+    if cfg.init_from == "resume" and isinstance(ckpt.get("spent"), dict):
+        spent.update(ckpt["spent"])
     ckpt = None  # free memory
 
     raw_model = model
@@ -265,6 +268,7 @@ def main(argv):
                     for i in range(0, len(source.held_out), 64)]
     blind_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size, blank_images=True)
                      for i in range(0, len(source.held_out), 64)]
+    lock = lock_out_dir(cfg.out_dir) if master else None  # noqa: F841 (after every check; held until the end)
     if master:
         counts = raw_model.param_counts()
         print(f"{model_cfg.fusion} model, {counts['total'] / 1e6:.2f}M parameters "
@@ -279,12 +283,13 @@ def main(argv):
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "iter": it, "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
             "model_config": asdict(model_cfg), "train_config": asdict(cfg), "tokenizer": tok.state(),
-            "pretrained": sorted(name for name, _ in raw_model.named_parameters() if name not in new_names)})
+            "pretrained": sorted(name for name, _ in raw_model.named_parameters() if name not in new_names),
+            "spent": spent})
 
     def run_eval(it):
         val_loss, accuracy = evaluate(eval_model, eval_batches, device, autocast)
         _, blind = evaluate(eval_model, blind_batches, device, autocast)
-        result = {"iter": it, "val_loss": val_loss, "accuracy": accuracy, "blind_accuracy": blind}
+        result = {"iter": it, **spent, "val_loss": val_loss, "accuracy": accuracy, "blind_accuracy": blind}
         log.write(json.dumps({"kind": "eval", **result}) + "\n")
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
             json.dump(result, f, indent=1)
@@ -321,6 +326,8 @@ def main(argv):
                                   "lr": cfg.lr * factor, "tok_s": tok_s}) + "\n")
             last = it + 1 == cfg.max_iters
             if (it + 1) % cfg.eval_interval == 0 or last:
+                spent["train_s"] += time.time() - t0
+                spent["text_tokens"] += tokens
                 result = run_eval(it + 1)
                 checkpoint(it + 1)
                 bar.write(f"iter {it + 1}: train loss {sum(losses) / len(losses):.3f}, "

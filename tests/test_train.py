@@ -1,19 +1,17 @@
-"""Tests for train.py: the command line, learning, exact resume, checkpoints, adaptation, DDP and folder data.
+"""Tests for train.py: the command line, learning, exact resume, checkpoints, adaptation, DDP, folder data, one run
+per out_dir and SIGTERM.
 
-Everything uses a tiny model. The scripts run as subprocesses, two at a time (the slow part is importing torch), with
-OMP_NUM_THREADS=1 so that runs are reproducible and do not fight over the cores."""
+Everything uses a tiny model. The training runs of this file start at once, two at a time (see `runs`)."""
 import json
 import math
-import os
 import random
-import re
 import shutil
+import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import nullcontext
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,39 +20,12 @@ from PIL import Image
 import data
 import train
 from casa import VLM, VLMConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--vit_layers=1", "--vit_dim=32", "--vit_heads=2",
-         "--image_size=32", "--patch_size=8"]
-TINY = MODEL + ["--batch_size=4", "--eval_per_task=2", "--progress=false"]
-EXACT = ["--warmup_iters=0", "--min_lr_ratio=1.0"]  # a constant LR: the schedule does not depend on max_iters
-ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                         "MASTER_PORT")}
-ENV["OMP_NUM_THREADS"] = "1"
-
-
-def run(*args, module=None):
-    cmd = [sys.executable] + (["-m", module] if module else []) + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+from common import UsageError, lock_out_dir
+from conftest import ENV, EXACT, ROOT, TINY, load, ok, one_clean_line, run, run_preloaded
 
 
 def run_train(*args):
     return run("train.py", *args)
-
-
-def ok(r):
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-    return r
-
-
-def one_clean_line(r, code=2):
-    """A usage error: the given exit code and exactly one line on stderr, 'train.py: error: ...'."""
-    assert r.returncode == code, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-    assert r.stderr.count("\n") == 1 and r.stderr.endswith("\n"), r.stderr
-    assert r.stderr.startswith("train.py: error: "), r.stderr
-    return r.stderr.strip()
 
 
 def train_log(out_dir):
@@ -62,76 +33,26 @@ def train_log(out_dir):
     return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "eval"]
 
 
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+REPEATS = list(range(20)) + list(range(10))  # 20 examples, and again the first 10 of them
 
 
-@pytest.fixture(scope="module")
-def pool():
-    with ThreadPoolExecutor(2) as ex:
-        yield ex
+def folder_dataset(folder, rows=REPEATS):
+    """A folder of one-colour images and its data.jsonl: example "image i" for every i of rows. By default 30
+    examples, 10 of them twice: a held-out copy of one of those would only measure memory."""
+    folder.mkdir()
+    lines = []
+    for i in rows:
+        if not (folder / f"{i}.png").exists():
+            Image.new("RGB", (20 + i, 30), (12 * i, 255 - 12 * i, 37 * i % 256)).save(folder / f"{i}.png")
+        row = {"image": f"{i}.png", "answer": f"image {i}"}
+        if i % 2:
+            row["question"] = "which image is it?"
+        lines.append(json.dumps(row))
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 # ------------------------------------------------------------------------------------------------ command line
-
-
-def test_parse_args_bools():
-    for text in ("1", "true", "True", "YES", "on"):
-        assert train.parse_args([f"--compile={text}"])[0] == {"compile": True}
-    for text in ("0", "false", "FALSE", "no", "Off"):
-        assert train.parse_args([f"--progress={text}"])[0] == {"progress": False}
-    _, model = train.parse_args(["--gate=yes", "--block_wise=0"])
-    assert model == {"gate": True, "block_wise": False}
-    for text in ("maybe", "", "2", "truee"):
-        with pytest.raises(train.UsageError, match="--compile expects true or false"):
-            train.parse_args([f"--compile={text}"])
-
-
-def test_parse_args_types():
-    given, model = train.parse_args(["--batch_size=8", "--lr=1", "--out_dir=x=y", "--n_embd=64", "--fusion=cross",
-                                   "--rope_base=500"])
-    cfg = train.train_config(given)
-    assert cfg.batch_size == 8 and type(cfg.batch_size) is int
-    assert cfg.lr == 1.0 and type(cfg.lr) is float
-    assert cfg.out_dir == "x=y"  # only the first '=' separates key and value
-    assert model == {"n_embd": 64, "fusion": "cross", "rope_base": 500.0} and type(model["rope_base"]) is float
-    assert cfg.max_iters == train.TrainConfig().max_iters  # untouched options keep their defaults
-    assert train.parse_args([]) == ({}, {}) and train.train_config({}) == train.TrainConfig()
-    for arg, message in [("--batch_size=abc", "--batch_size expects int, got 'abc'"),
-                         ("--batch_size=1.5", "--batch_size expects int"),
-                         ("--lr=fast", "--lr expects float, got 'fast'"),
-                         ("--n_layer=", "--n_layer expects int"),
-                         ("--max_iter=3", "unknown option --max_iter; did you mean --max_iters?"),
-                         ("--vocab_size=10", "unknown option --vocab_size"),  # comes from the tokenizer
-                         ("--max_iters", "expected --key=value"),
-                         ("max_iters=3", "expected --key=value"),
-                         ("-max_iters=3", "expected --key=value"),
-                         ("--eval_interval=0", "--eval_interval must be >= 1"),
-                         ("--grad_accum=0", "--grad_accum must be >= 1"),
-                         ("--batch_size=-1", "--batch_size must be >= 1")]:
-        with pytest.raises(train.UsageError) as e:
-            train.train_config(train.parse_args([arg])[0])
-        assert str(e.value).startswith(message), (arg, str(e.value))
-        assert "\n" not in str(e.value)
-
-
-def test_parse_args_help(capsys):
-    with pytest.raises(SystemExit) as e:
-        train.parse_args(["--batch_size=8", "-h"])
-    assert e.value.code == 0
-    assert "--max_iters=1500" in capsys.readouterr().out
-
-
-def test_device_and_dtype_names_are_checked():
-    assert train.pick_device("cpu") == "cpu" and train.pick_device("cuda:1") == "cuda:1"
-    assert train.pick_dtype("float16", "cpu") is torch.float16
-    assert train.pick_dtype("auto", "cpu") is torch.float32
-    with pytest.raises(train.UsageError, match="--device expects"):
-        train.pick_device("gpu")
-    for name in ("float64", "bogus", "Tensor"):
-        with pytest.raises(train.UsageError, match="--dtype expects"):
-            train.pick_dtype(name, "cpu")
-
 
 CLI_ERRORS = {  # arguments -> what the one line must say
     "unknown": (["--max_iter=3"], "did you mean --max_iters?"),
@@ -139,19 +60,51 @@ CLI_ERRORS = {  # arguments -> what the one line must say
     "bool": (["--compile=maybe"], "--compile expects true or false, got 'maybe'"),
     "fusion": (["--fusion=concat"], "concat"),
     "no_data_jsonl": (["--data={empty}"], "data.jsonl"),
+    "few_examples": (["--data={few}"], "has 4 examples; a held-out split (a tenth, at least one) and training need "
+                                       "at least 10"),
+    "image_above_the_folder": (["--data={parent_image}"], "image '../outside.png' is outside"),
+    "absolute_image": (["--data={absolute_image}"], "is outside"),
+    # nonsense numbers: refused before anything trains, naming the option
+    "lr_nan": (["--lr=nan"], "lr must be a finite number, got nan"),
+    "lr_inf": (["--lr=inf"], "lr must be a finite number, got inf"),
+    "lr_negative": (["--lr=-1"], "lr must be >= 0.0, got -1.0"),
+    "rope_base_0": (["--rope_base=0"], "rope_base must be > 0.0, got 0.0"),
+    "n_head_0": (["--n_head=0"], "n_head must be >= 1, got 0"),
+    "patch_size_0": (["--patch_size=0"], "patch_size must be >= 1, got 0"),
+    "n_layer_0": (["--n_layer=0"], "n_layer must be >= 1, got 0"),
+    "max_iters_negative": (["--max_iters=-1"], "max_iters must be >= 1, got -1"),
+    "eval_per_task_negative": (["--eval_per_task=-1"], "eval_per_task must be >= 1, got -1"),
+    "weight_decay_negative": (["--weight_decay=-1"], "weight_decay must be >= 0.0, got -1.0"),
+    "grad_clip_negative": (["--grad_clip=-1"], "grad_clip must be > 0.0, got -1.0"),
+    "warmup_iters_negative": (["--warmup_iters=-1"], "warmup_iters must be >= 0, got -1"),
+    "min_lr_ratio_negative": (["--min_lr_ratio=-1"], "min_lr_ratio must be >= 0.0, got -1.0"),
 }
+
+
+def bad_folders(d):
+    """Folders of data that train.py refuses: no data.jsonl, 4 examples, an image outside the folder."""
+    (d / "empty").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(d / "empty" / "a.png")
+    few = folder_dataset(d / "few", range(4))
+    Image.new("RGB", (8, 8)).save(d / "outside.png")
+    for name, image in (("parent_image", "../outside.png"), ("absolute_image", str(d / "outside.png"))):
+        shutil.copytree(few, d / name)
+        lines = (d / name / "data.jsonl").read_text().splitlines()
+        lines += [json.dumps({"image": image, "answer": "out"})] + lines * 2  # with 10 examples or more
+        (d / name / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return {"empty": d / "empty", "few": few, "parent_image": d / "parent_image",
+            "absolute_image": d / "absolute_image"}
 
 
 @pytest.fixture(scope="module")
 def cli(pool, tmp_path_factory):
-    """--help and every bad command line of CLI_ERRORS, run in parallel."""
-    empty = tmp_path_factory.mktemp("folder_without_data_jsonl")
-    Image.new("RGB", (40, 30), (255, 0, 0)).save(empty / "a.png")
+    """--help and every bad command line of CLI_ERRORS, two at a time."""
+    folders = bad_folders(tmp_path_factory.mktemp("bad_folders"))
     out = tmp_path_factory.mktemp("cli_out")
-    jobs = {"help": pool.submit(run_train, "--help")}
+    jobs = {"help": pool.submit(run_preloaded, "train.py", "--help")}
     for name, (args, _) in CLI_ERRORS.items():
-        args = [a.format(empty=empty) for a in args]
-        jobs[name] = pool.submit(run_train, *TINY, f"--out_dir={out / name}", "--max_iters=2", *args)
+        args = [a.format(**folders) for a in args]
+        jobs[name] = pool.submit(run_preloaded, "train.py", *TINY, f"--out_dir={out / name}", "--max_iters=2", *args)
     return {name: job.result() for name, job in jobs.items()} | {"out": out}
 
 
@@ -168,9 +121,43 @@ def test_help_lists_every_option_with_its_default(cli):
 
 @pytest.mark.parametrize("name", CLI_ERRORS)
 def test_bad_command_line_is_one_clean_line(cli, name):
-    line = one_clean_line(cli[name])
+    line = one_clean_line(cli[name], "train.py")
     assert CLI_ERRORS[name][1] in line
-    assert not (cli["out"] / name / "ckpt.pt").exists()
+    assert not (cli["out"] / name).exists()  # refused before the out_dir was made
+
+
+def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
+    lock = lock_out_dir(tmp_path / "out")  # as a running train.py holds it
+    try:
+        r = run_preloaded("train.py", *TINY, f"--out_dir={tmp_path / 'out'}", "--max_iters=2")
+    finally:
+        lock.close()
+    line = one_clean_line(r, "train.py")
+    assert f"--out_dir='{tmp_path / 'out'}' is in use by another run" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock"]
+
+
+def test_sigterm_stops_cleanly_and_the_checkpoint_stays_loadable(tmp_path):
+    """What schedulers and `docker stop` send: exit 143, one line, and the last checkpoint loads."""
+    out = tmp_path / "out"
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        p = subprocess.Popen([sys.executable, "train.py", *TINY, f"--out_dir={out}", "--max_iters=100000",
+                              "--eval_interval=1"], cwd=ROOT, env=ENV, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 120  # a safety net, not a measurement
+            while not (out / "ckpt.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert p.poll() is None, "train.py ended before its first checkpoint"
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+        finally:
+            p.kill()
+    r = subprocess.CompletedProcess(p.args, p.returncode, (tmp_path / "stdout").read_text(),
+                                    (tmp_path / "stderr").read_text())
+    assert one_clean_line(r, "train.py", code=143) == "train.py: terminated (the last checkpoint is intact)"
+    ckpt = load(out / "ckpt.pt")
+    assert ckpt["iter"] >= 1 and ckpt["train_config"]["max_iters"] == 100000
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 # ------------------------------------------------------------------------------------------------ learning
@@ -239,19 +226,6 @@ def test_a_tiny_batch_can_be_overfit():
             assert tok.decode(out[0]) == turn.answer + "<eos>"
 
 
-def test_lr_schedule():
-    cfg = train.TrainConfig(lr=1.0, warmup_iters=10, max_iters=110, min_lr_ratio=0.1)
-    assert train.lr_factor(0, cfg) == pytest.approx(0.1)
-    assert train.lr_factor(9, cfg) == pytest.approx(1.0)
-    assert train.lr_factor(10, cfg) == pytest.approx(1.0)
-    assert train.lr_factor(60, cfg) == pytest.approx(0.55)
-    assert train.lr_factor(110, cfg) == pytest.approx(0.1) and train.lr_factor(500, cfg) == pytest.approx(0.1)
-    factors = [train.lr_factor(it, cfg) for it in range(10, 111)]
-    assert all(a >= b for a, b in zip(factors, factors[1:]))
-    flat = train.TrainConfig(warmup_iters=0, min_lr_ratio=1.0, max_iters=3)
-    assert {train.lr_factor(it, flat) for it in range(10)} == {1.0}  # what the resume test relies on
-
-
 def test_optimizer_groups():
     model, _ = tiny_model("casa")
     names = {name for name, _ in model.named_parameters()}
@@ -269,7 +243,7 @@ def test_optimizer_groups():
     frozen = train.make_optimizer(model, new, train.TrainConfig(pretrained_lr=0), False)
     assert {by_id[id(p)] for g in frozen.param_groups for p in g["params"]} == new
     assert {name for name, p in model.named_parameters() if p.requires_grad} == new
-    with pytest.raises(train.UsageError, match="nothing to train"):
+    with pytest.raises(UsageError, match="nothing to train"):
         train.make_optimizer(model, set(), train.TrainConfig(pretrained_lr=0), False)
     # from scratch every weight is new, and a new vision encoder gets its own learning rate
     scratch = train.make_optimizer(model, names, train.TrainConfig(lr=1e-3, vision_lr=3e-4), False)
@@ -296,74 +270,85 @@ def test_ranks_iterations_and_micro_batches_get_different_data():
     assert len(source.held_out) == len(data.TASKS)
 
 
+def test_held_out_copies_of_training_examples_are_dropped(tmp_path):
+    folder = folder_dataset(tmp_path / "data")
+    source = train.Conversations(train.TrainConfig(data=str(folder), eval_per_task=2), 32)
+    seen = {train.fingerprint(c) for c in source.train}
+    assert source.held_out and not [c for c in source.held_out if train.fingerprint(c) in seen]
+    assert source.dropped >= 1 and len(source.held_out) + source.dropped == 2  # 30 examples: a tenth, at most 2
+    assert len(source.train) == 28
+    with pytest.raises(UsageError, match="has 4 examples"):
+        train.Conversations(train.TrainConfig(data=str(folder_dataset(tmp_path / "few", range(4)))), 32)
+    with pytest.raises(UsageError, match="every held-out example also occurs in training"):
+        train.Conversations(train.TrainConfig(data=str(folder_dataset(tmp_path / "same", [0] * 10))), 32)
+
+
 # ------------------------------------------------------------------------------------------------ training runs
+# Each function below is one chain of train.py runs, in its own folders under d; `runs` starts them all at once.
 
 
-def folder_dataset(folder):
-    folder.mkdir()
-    lines = []
-    for i, (size, color) in enumerate([((40, 30), (255, 0, 0)), ((20, 50), (0, 0, 255)), ((32, 32), (0, 255, 0)),
-                                       ((7, 9), (255, 255, 255))]):
-        Image.new("RGB", size, color).save(folder / f"{i}.png")
-        row = {"image": f"{i}.png", "answer": f"image {i}"}
-        if i % 2:
-            row["question"] = "which image is it?"
-        lines.append(json.dumps(row))
-    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
+def straight(d):
+    """Run A, 6 iterations uninterrupted; then a resume of a copy of it that tries to change the fusion."""
+    a = ok(run_train(*TINY, *EXACT, f"--out_dir={d / 'A'}", "--max_iters=6", "--eval_interval=3"))
+    shutil.copytree(d / "A", d / "A_copy")
+    return a, run_preloaded("train.py", *TINY, f"--out_dir={d / 'A_copy'}", "--init_from=resume",
+                            "--fusion=cross", "--max_iters=8")
+
+
+def interrupted(d):
+    """Run B: 3 iterations, then resumed to 6. Then C: B's folder with the checkpoint of iteration 3 put back (a run
+    that had logged iterations after its last checkpoint), resumed to 6 again."""
+    first = ok(run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--max_iters=3", "--eval_interval=3"))
+    shutil.copy(d / "B" / "ckpt.pt", d / "B_ckpt_at_3.pt")
+    resumed = run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--init_from=resume", "--max_iters=6",
+                        "--eval_interval=3")
+    ok(resumed)
+    shutil.copytree(d / "B", d / "C")
+    shutil.copy(d / "B_ckpt_at_3.pt", d / "C" / "ckpt.pt")
+    again = run_train(*TINY, *EXACT, f"--out_dir={d / 'C'}", "--init_from=resume", "--max_iters=6",
+                      "--eval_interval=3")
+    return first, resumed, again
+
+
+def adaptation(d):
+    """An insertion model, adapted into a casa one with frozen weights, then resumed."""
+    source = ok(run_train(*TINY, "--fusion=insertion", f"--out_dir={d / 'ins'}", "--max_iters=3"))
+    options = ["--batch_size=4", "--eval_per_task=2", "--progress=false", "--max_iters=3", "--eval_interval=3"]
+    adapt = ok(run_train(*options, f"--out_dir={d / 'adapt'}", f"--init_from={d / 'ins' / 'ckpt.pt'}",
+                         "--fusion=casa", "--pretrained_lr=0"))
+    shutil.copy(d / "adapt" / "ckpt.pt", d / "adapt_ckpt_at_3.pt")
+    resumed = run_train(*options[:-2], f"--out_dir={d / 'adapt'}", "--init_from=resume", "--pretrained_lr=0",
+                        "--max_iters=5", "--eval_interval=5")
+    return source, adapt, resumed
+
+
+def ddp(d):
+    return run("--standalone", "--nproc_per_node=2", "train.py", "--device=cpu", *TINY,
+               f"--out_dir={d / 'ddp'}", "--max_iters=2", module="torch.distributed.run")
+
+
+def folder(d):
+    return run_train(*TINY, f"--data={folder_dataset(d / 'folder_data')}", f"--out_dir={d / 'folder'}",
+                     "--max_iters=3")
+
+
+def equals_form(d):
+    """What tiny_ckpt ran with `--max_iters 2` and `--out_dir DIR`, as --key=value."""
+    return run_train(*TINY, f"--out_dir={d / 'equals'}", "--max_iters=2")
 
 
 @pytest.fixture(scope="module")
 def runs(pool, tmp_path_factory):
-    """Every training run of this file, started at once (two at a time); dependent runs are chained."""
     d = tmp_path_factory.mktemp("runs")
-
-    def exact():  # run A, uninterrupted; then a resume of a copy of it that tries to change the fusion
-        a = run_train(*TINY, *EXACT, f"--out_dir={d / 'A'}", "--max_iters=6", "--eval_interval=3")
-        ok(a)
-        shutil.copytree(d / "A", d / "A_copy")
-        return a, run_train(*TINY, f"--out_dir={d / 'A_copy'}", "--init_from=resume", "--fusion=cross",
-                            "--max_iters=8")
-
-    def interrupted():  # run B: 3 iterations, then resumed to 6
-        first = run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--max_iters=3", "--eval_interval=3")
-        ok(first)
-        shutil.copy(d / "B" / "ckpt.pt", d / "B_ckpt_at_3.pt")
-        return first, run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--init_from=resume", "--max_iters=6",
-                                "--eval_interval=3")
-
-    def adaptation():  # an insertion model, adapted into a casa one with frozen weights, then resumed
-        source = run_train(*TINY, "--fusion=insertion", f"--out_dir={d / 'ins'}", "--max_iters=3")
-        ok(source)
-        common = ["--batch_size=4", "--eval_per_task=2", "--progress=false", "--max_iters=3", "--eval_interval=3"]
-        adapt = run_train(*common, f"--out_dir={d / 'adapt'}", f"--init_from={d / 'ins' / 'ckpt.pt'}",
-                          "--fusion=casa", "--pretrained_lr=0")
-        ok(adapt)
-        shutil.copy(d / "adapt" / "ckpt.pt", d / "adapt_ckpt_at_3.pt")
-        resumed = run_train(*common[:-2], f"--out_dir={d / 'adapt'}", "--init_from=resume", "--pretrained_lr=0",
-                            "--max_iters=5", "--eval_interval=5")
-        return source, adapt, resumed
-
-    def ddp():
-        cmd = ["--standalone", "--nproc_per_node=2", "train.py", "--device=cpu", *TINY, f"--out_dir={d / 'ddp'}",
-               "--max_iters=2"]
-        return run(*cmd, module="torch.distributed.run")
-
-    def folder():
-        return run_train(*TINY, f"--data={folder_dataset(d / 'folder_data')}", f"--out_dir={d / 'folder'}",
-                         "--max_iters=3")
-
-    jobs = {name: pool.submit(fn) for name, fn in
-            [("ddp", ddp), ("adaptation", adaptation), ("interrupted", interrupted), ("exact", exact),
-             ("folder", folder)]}
+    chains = [ddp, adaptation, interrupted, straight, folder, equals_form]
+    jobs = {chain.__name__: pool.submit(chain, d) for chain in chains}
     return d, {name: job.result() for name, job in jobs.items()}
 
 
 def test_resume_gives_exactly_the_same_losses(runs):
     d, results = runs
-    a = results["exact"][0]
-    first, resumed = results["interrupted"]
-    ok(resumed)
+    a = results["straight"][0]
+    first, resumed, _ = results["interrupted"]
     assert "iter 3:" in first.stdout and "iter 6:" in resumed.stdout and "iter 3:" not in resumed.stdout
     train_a, eval_a = train_log(d / "A")
     train_b, eval_b = train_log(d / "B")
@@ -386,6 +371,18 @@ def test_resume_gives_exactly_the_same_losses(runs):
     assert load(d / "B_ckpt_at_3.pt")["iter"] == 3
 
 
+def test_after_a_resume_the_log_holds_every_iteration_once(runs):
+    """C logged iterations 1..6, then resumed from its checkpoint of iteration 3: the lines of 4..6 are replaced,
+    not repeated, and they are the same as before (the resume is exact)."""
+    d, results = runs
+    ok(results["interrupted"][2])
+    train_c, eval_c = train_log(d / "C")
+    assert [r["iter"] for r in train_c] == [1, 2, 3, 4, 5, 6]
+    assert [r["iter"] for r in eval_c] == [3, 6]
+    assert [r["loss"] for r in train_c] == [r["loss"] for r in train_log(d / "A")[0]]
+    assert load(d / "C" / "ckpt.pt")["iter"] == 6
+
+
 def test_checkpoint_contents(runs):
     d, _ = runs
     ckpt = load(d / "A" / "ckpt.pt")  # weights_only=True: no pickled code
@@ -402,7 +399,7 @@ def test_checkpoint_contents(runs):
     model.load_state_dict(ckpt["model"])  # strict
     assert set(ckpt["rng"]) == {"python", "torch"}
     assert len(ckpt["optimizer"]["state"]) == len(list(model.parameters()))
-    assert not (d / "A" / "ckpt.pt.tmp").exists()
+    assert not [p.name for p in (d / "A").iterdir() if p.name.endswith(".tmp")]
 
     result = json.loads((d / "A" / "eval.json").read_text())
     assert set(result) == {"iter", "val_loss", "accuracy", "blind_accuracy"}
@@ -413,10 +410,21 @@ def test_checkpoint_contents(runs):
     assert result == {k: v for k, v in train_log(d / "A")[1][-1].items() if k != "kind"}
 
 
+def test_both_option_forms_train_the_same_run(runs, tiny_ckpt):
+    """`--max_iters 2 --out_dir DIR` (tiny_ckpt) and `--max_iters=2 --out_dir=DIR`: the same run."""
+    d, results = runs
+    ok(results["equals_form"])
+    spaced, equals = load(tiny_ckpt), load(d / "equals" / "ckpt.pt")
+    assert spaced["iter"] == equals["iter"] == 2
+    assert {**spaced["train_config"], "out_dir": ""} == {**equals["train_config"], "out_dir": ""}
+    assert spaced["train_config"]["out_dir"] == str(tiny_ckpt.parent)
+    assert [r["loss"] for r in train_log(tiny_ckpt.parent)[0]] == [r["loss"] for r in train_log(d / "equals")[0]]
+
+
 def test_resume_refuses_to_change_the_fusion(runs):
     d, results = runs
-    _, refuse = results["exact"]
-    line = one_clean_line(refuse)
+    _, refuse = results["straight"]
+    line = one_clean_line(refuse, "train.py")
     assert "--fusion" in line and "casa" in line
     assert (d / "A_copy" / "ckpt.pt").read_bytes() == (d / "A" / "ckpt.pt").read_bytes()
     assert (d / "A_copy" / "log.jsonl").read_text() == (d / "A" / "log.jsonl").read_text()
@@ -454,11 +462,11 @@ def test_adapting_refuses_bad_combinations(runs, tmp_path):
     """UsageErrors (one line, exit 2 from the command line), raised before anything is written."""
     d, _ = runs
     out = f"--out_dir={tmp_path / 'out'}"
-    with pytest.raises(train.UsageError, match="model sizes differ"):  # a 64-wide model from a 32-wide one
+    with pytest.raises(UsageError, match="model sizes differ"):  # a 64-wide model from a 32-wide one
         train.main([*TINY, out, f"--init_from={d / 'ins' / 'ckpt.pt'}", "--fusion=casa", "--n_embd=64"])
-    with pytest.raises(train.UsageError, match="nothing to train"):  # casa -> casa: no new weights, all frozen
+    with pytest.raises(UsageError, match="nothing to train"):  # casa -> casa: no new weights, all frozen
         train.main([*TINY, out, f"--init_from={d / 'A' / 'ckpt.pt'}", "--pretrained_lr=0"])
-    with pytest.raises(train.UsageError, match="--pretrained_lr of the run that wrote it"):
+    with pytest.raises(UsageError, match="--pretrained_lr of the run that wrote it"):
         train.main([*TINY, f"--out_dir={d / 'adapt'}", "--init_from=resume", "--max_iters=9",
                     "--pretrained_lr=2e-4"])  # the run was frozen (0): its optimizer has no such groups
     assert not (tmp_path / "out").exists()
@@ -473,7 +481,7 @@ def test_init_from_a_checkpoint_that_is_not_usable(runs, tmp_path):
     torch.save({**real, "model_config": {**real["model_config"], "colour": 1}}, tmp_path / "newer.pt")
     for name, message in [("random.pt", "cannot read checkpoint"), ("list.pt", "is not a casa checkpoint"),
                           ("newer.pt", "colour"), ("nope.pt", "no checkpoint at")]:
-        with pytest.raises(train.UsageError, match=message):
+        with pytest.raises(UsageError, match=message):
             train.main([*TINY, f"--out_dir={tmp_path / 'out'}", f"--init_from={tmp_path / name}"])
     assert not (tmp_path / "out").exists()
 
@@ -498,73 +506,11 @@ def test_training_from_a_folder(runs):
     assert ckpt["iter"] == 3 and ckpt["train_config"]["data"] == str(d / "folder_data")
     train_rows, _ = train_log(d / "folder")
     assert [r["iter"] for r in train_rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in train_rows)
-    # every training batch is drawn from the folder's 4 conversations
-    cfg = train.TrainConfig(data=str(d / "folder_data"), batch_size=6)
+    # every training batch is drawn from the folder's examples; a held-out copy of a training one is dropped
+    cfg = train.TrainConfig(data=str(d / "folder_data"), batch_size=6, eval_per_task=2)
     source = train.Conversations(cfg, 32)
-    assert source.held_out == [] and len(source.train) == 4  # too few examples to hold any out
+    assert f"{source.dropped} held-out example(s) dropped: they also occur in the training data" \
+        in results["folder"].stdout
+    assert len(source.held_out) + source.dropped == 2 and len(source.train) == 28
     answers = {c.turns[0].answer for it in range(5) for c in source.batch(it, 0, 0)}
-    assert answers <= {f"image {i}" for i in range(4)} and len(answers) > 1
-
-
-def test_vision_probe_exercise_runs():
-    r = run("exercises/vision_probe.py", "--encoder=vit", "--vit_layers=1", "--iters=50", "--batch_size=4")
-    assert r.returncode == 0, r.stderr
-    assert re.fullmatch(r"iter 50: loss \d+\.\d{3}, held-out accuracy \d+% \(\d+ s\)\n", r.stdout)
-
-
-# ------------------------------------------------------------------------------------------------ pretrain_vision.py
-
-PRETRAIN = MODEL + ["--batch_size=4", "--eval_scenes=4", "--warmup_iters=0", "--min_lr_ratio=1.0"]
-
-
-def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, tmp_path):
-    """pretrain_vision.py writes an encoder-only checkpoint that train.py --init_from builds a VLM on (every vision
-    weight copied, the rest new); stopping at 2 and resuming to 4 gives exactly the weights of a straight 4."""
-    straight, first = pool.map(lambda a: ok(run("pretrain_vision.py", *PRETRAIN, *a)), [
-        [f"--out_dir={tmp_path / 'A'}", "--max_iters=4", "--eval_interval=2"],
-        [f"--out_dir={tmp_path / 'B'}", "--max_iters=2", "--eval_interval=2"]])
-    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%, cell \d+%",
-                     straight.stdout)
-    ok(run("pretrain_vision.py", f"--out_dir={tmp_path / 'B'}", "--init_from=resume", "--max_iters=4"))
-    a, b = load(tmp_path / "A" / "ckpt.pt"), load(tmp_path / "B" / "ckpt.pt")
-    assert a["iter"] == b["iter"] == 4 and a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert all(k.startswith("vision.") for k in a["model"])
-
-    vlm = VLM(VLMConfig(**a["model_config"]))
-    new = vlm.load_pretrained(a["model"])
-    assert set(new) == {name for name, _ in vlm.named_parameters() if not name.startswith("vision.")}
-    assert all(torch.equal(vlm.state_dict()[k], v) for k, v in a["model"].items())
-    r = ok(run_train(*TINY, f"--out_dir={tmp_path / 'vlm'}", f"--init_from={tmp_path / 'A' / 'ckpt.pt'}",
-                     "--max_iters=2", "--eval_interval=2", "--tasks=shape"))
-    assert "checkpoint:" in r.stdout
-    r = ok(run("exercises/vision_probe.py", f"--frozen_from={tmp_path / 'A' / 'ckpt.pt'}", "--iters=50",
-               "--batch_size=4"))  # the exercise probes a pretrained (or any trained) encoder, frozen
-    assert re.fullmatch(r"iter 50: loss \d+\.\d{3}, held-out accuracy \d+% \(\d+ s\)\n", r.stdout)
-    for args, says in (([f"--out_dir={tmp_path / 'vlm'}"], "was not written by pretrain_vision.py"),
-                       ([f"--out_dir={tmp_path / 'A'}", "--vit_dim=64"], "--vit_dim cannot change when resuming")):
-        r = run("pretrain_vision.py", "--init_from=resume", *args)
-        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
-
-
-def test_pretrain_vision_labels_every_patch_with_the_object_under_it():
-    import pretrain_vision
-    images, labels = pretrain_vision.scenes(3, 8, 64, 8)
-    scene = data.sample_scene(random.Random(3), 64)  # the first scene, drawn again
-    assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 3)
-    owner = data.patch_objects(scene, 8)
-    for k in range(64):
-        o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-        assert tuple(labels[0, k].tolist()) == (data.object_labels(o, 64) if o else pretrain_vision.NONE)
-
-
-@pytest.mark.parametrize("args, says", [
-    (["--max_iter=3"], "unknown option --max_iter; did you mean --max_iters?"),
-    (["--batch_size=0"], "--batch_size must be >= 1, got 0"),
-    (["--init_from=out/ckpt.pt"], "--init_from expects scratch or resume, got 'out/ckpt.pt'"),
-    (["--init_from=resume", "--out_dir=/nonexistent"], "no checkpoint at /nonexistent/ckpt.pt"),
-])
-def test_pretrain_vision_bad_command_line_is_one_clean_line(args, says):
-    r = run("pretrain_vision.py", *args)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr == f"pretrain_vision.py: error: {says}\n"
+    assert answers <= {f"image {i}" for i in range(20)} and len(answers) > 1
