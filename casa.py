@@ -36,6 +36,8 @@ class VLMConfig:
     vit_dim: int = 128
     vit_heads: int = 4
     vit_layer_scale: float = 0.01  # ViT residual branches start scaled by this (CaiT's LayerScale; 0 = off)
+    vit_stem: str = "conv"        # conv: log2(patch_size) stride-2 3x3 convolutions before the ViT blocks (a
+                                  # hybrid ViT; pretrains about twice as fast: README) | patch: one linear map a patch
     # language model (decoder-only, RoPE, tied output head)
     vocab_size: int = 96
     image_token_id: int = 2
@@ -57,6 +59,11 @@ class VLMConfig:
                                          vit_layer_scale=0.0), above=dict(rope_base=0.0))
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.vit_stem not in ("conv", "patch"):
+            raise ValueError(f"vit_stem must be conv or patch, got {self.vit_stem!r}")
+        if self.vit_stem == "conv" and self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"vit_stem=conv halves the image log2(patch_size) times: patch_size {self.patch_size} "
+                             "must be a power of 2")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for dim, heads in ((self.n_embd, self.n_head), (self.vit_dim, self.vit_heads)):
@@ -357,14 +364,31 @@ class Block(nn.Module):
 # Vision encoder
 
 
+def patch_stem(dim, p):
+    """One linear map per non-overlapping p x p patch (the original ViT)."""
+    return nn.Conv2d(3, dim, kernel_size=p, stride=p)
+
+
+def conv_stem(dim, p):
+    """log2(p) stride-2 3x3 convolutions, widths doubling up to dim (3 -> 32 -> 64 -> 128 for p = 8): the same
+    token grid as patch_stem, but each token is built from overlapping, local features (Xiao et al., "Early
+    convolutions help transformers see better")."""
+    n = p.bit_length() - 1
+    widths = [3] + [max(1, dim >> (n - 1 - i)) for i in range(n)]
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1), nn.GELU()]
+    return nn.Sequential(*layers[:-1]) if layers else nn.Conv2d(3, dim, kernel_size=1)
+
+
 class VisionEncoder(nn.Module):
-    """A small ViT: patches -> linear embedding + learned positions -> bidirectional blocks -> norm, then a
-    projector to the LM width. (n, 3, H, W) floats in [0, 1] -> (n, N, n_embd) image tokens."""
+    """A small ViT: a stem (convolutions, or one linear map per patch) + learned positions -> bidirectional blocks
+    -> norm, then a projector to the LM width. (n, 3, H, W) floats in [0, 1] -> (n, N, n_embd) image tokens."""
 
     def __init__(self, config):
         super().__init__()
         d, p = config.vit_dim, config.patch_size
-        self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)  # one linear map per non-overlapping patch
+        self.patch_embed = patch_stem(d, p) if config.vit_stem == "patch" else conv_stem(d, p)
         self.pos_emb = nn.Parameter(torch.zeros(1, config.n_image_tokens, d))
         self.blocks = nn.ModuleList(Block(d, config.vit_heads, config.rope_base, layer_scale=config.vit_layer_scale)
                                     for _ in range(config.vit_layers))

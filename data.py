@@ -109,14 +109,22 @@ SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixe
 COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
 NOISE = 4.0  # std of per-pixel noise, so that no pixel value is a shortcut
 BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from every object colour
+# How scenes look. Training only ever sees "default"; "shifted" is a second look, drawn differently, for checking
+# that a model reads the images and not quirks of the generator: other object sizes, darker shades with stronger
+# jitter, more noise, and stripes across the background. Same vocabulary, same questions.
+STYLES = {
+    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0},
+    "shifted": {"radius": {"small": 0.085, "big": 0.13}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16},
+}
 
 
 def _article(phrase):
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _jitter(rng, color):
-    return tuple(min(255, max(0, c + rng.randint(-COLOR_JITTER, COLOR_JITTER))) for c in COLORS[color])
+def _jitter(rng, color, style="default"):
+    shade, j = STYLES[style]["shade"], STYLES[style]["jitter"]
+    return tuple(min(255, max(0, round(c * shade) + rng.randint(-j, j))) for c in COLORS[color])
 
 
 def _moved(o, x, y):
@@ -132,15 +140,15 @@ def _apart(a, b, gap):
     return a[0] - b[2] >= gap or b[0] - a[2] >= gap or a[1] - b[3] >= gap or b[1] - a[3] >= gap
 
 
-def _place(rng, size, objects, text_box=None):
+def _place(rng, size, objects, text_box=None, style="default"):
     """A new random object that is fully visible and clear of the others, or None if none fits.
     Every (colour, shape) pair appears at most once, so "the red circle" always names one object,
     and centres differ by >= size/16 horizontally, so "left to right" captions are well defined."""
     gap = max(2, size // 32)
     for _ in range(100):
         shape, color, size_name = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(tuple(RADIUS))
-        r = round(size * RADIUS[size_name])
-        o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color)}
+        r = round(size * STYLES[style]["radius"][size_name])
+        o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color, style)}
         o = _moved(o, rng.randint(r + 1, size - 2 - r), rng.randint(r + 1, size - 2 - r))
         if any(p["shape"] == shape and p["color"] == color for p in objects):
             continue
@@ -156,18 +164,18 @@ def _font(size):
     return ImageFont.load_default(size=max(8, round(size / 4)) * SS)
 
 
-def sample_scene(rng, size, text=False, n_objects=None):
+def sample_scene(rng, size, text=False, n_objects=None, style="default"):
     """Describe a random scene as a plain dict (draw it with draw_scene):
     size, background {from, to, angle}, noise_seed, objects: list of {shape, color, size ('small'
     or 'big'), x, y (centre pixel), r, bbox (x0, y0, x1, y1), rgb (the jittered colour drawn)},
-    and with text=True also text (1-3 digits or a short word) and text_bbox (its light box)."""
+    and with text=True also text (1-3 digits or a short word) and text_bbox (its light box); style (see STYLES)."""
     if not isinstance(size, int) or size < MIN_SIZE:
         raise DataError(f"image size must be an integer >= {MIN_SIZE}, got {size!r}")
     lo, hi = BG_RANGE
     c0 = tuple(rng.randint(lo, hi) for _ in range(3))
     c1 = c0 if rng.random() < 0.4 else tuple(rng.randint(lo, hi) for _ in range(3))  # flat or gradient
     scene = {"size": size, "background": {"from": c0, "to": c1, "angle": rng.uniform(0, 2 * math.pi)},
-             "noise_seed": rng.randrange(2**32), "objects": []}
+             "noise_seed": rng.randrange(2**32), "objects": [], "style": style}
     text_box = None
     if text:
         digits = "".join(rng.choice(string.digits) for _ in range(rng.randint(1, 3)))
@@ -180,7 +188,7 @@ def sample_scene(rng, size, text=False, n_objects=None):
     if n_objects is None:
         n_objects = rng.randint(0, 2) if text else rng.randint(1, 4)
     for _ in range(n_objects):
-        o = _place(rng, size, scene["objects"], text_box)
+        o = _place(rng, size, scene["objects"], text_box, style)
         if o is None:
             break  # too crowded: keep fewer objects (answers are computed from what was placed)
         scene["objects"].append(o)
@@ -217,7 +225,9 @@ def draw_scene(scene):
     t = u[None, :] * math.cos(bg["angle"]) + u[:, None] * math.sin(bg["angle"])  # position along the gradient
     t = (t - t.min()) / (t.max() - t.min())
     c0, c1 = np.array(bg["from"], np.float32), np.array(bg["to"], np.float32)
-    img = Image.fromarray((c0 + t[..., None] * (c1 - c0)).astype(np.uint8))
+    look = STYLES[scene.get("style", "default")]
+    stripes = look["stripes"] * np.sin(2 * math.pi * (u[None, :] - u[:, None]) / 6)[..., None]  # diagonal, 6 px
+    img = Image.fromarray(np.clip(c0 + t[..., None] * (c1 - c0) + stripes, 0, 255).astype(np.uint8))
     img = img.resize((big, big), Image.Resampling.NEAREST)  # the background is smooth: no need to compute it at 4x
     draw = ImageDraw.Draw(img)
     if "text" in scene:
@@ -235,7 +245,7 @@ def draw_scene(scene):
         else:
             draw.polygon(_polygon(o["shape"], cx, cy, r), fill=o["rgb"])
     img = img.reduce(SS)
-    noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, NOISE, (size, size, 3))
+    noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, look["noise"], (size, size, 3))
     return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).round().astype(np.uint8))
 
 
@@ -345,7 +355,7 @@ MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
 FOLLOW_UP_QUESTIONS = MULTI_IMAGE_QUESTIONS + ("relation",)
 
 
-def make_conversation(task, seed, size=64, questions=1):
+def make_conversation(task, seed, size=64, questions=1, style="default"):
     """A conversation for one of TASKS (or VIDEO_TASK, see make_clip); deterministic for (task, seed, size,
     questions). multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only.
     questions > 1 (training): a single-scene question task goes on with 1 to questions - 1 follow-up questions of
@@ -360,7 +370,7 @@ def make_conversation(task, seed, size=64, questions=1):
         kind = rng.choice(MULTI_IMAGE_QUESTIONS) if task == "multi_image" else task
         qa = None
         while qa is None:  # a fresh scene until it supports the question: one or two tries in practice
-            scene = sample_scene(rng, size, text=kind == "reading")
+            scene = sample_scene(rng, size, text=kind == "reading", style=style)
             qa = _question(kind, scene, rng)
         turns.append(Turn([draw_scene(scene)], *qa))
         scenes.append(scene)
@@ -443,9 +453,9 @@ def train_seed(rng):
     return rng.randrange(EVAL_SEED0)
 
 
-def eval_conversations(n_per_task, size, tasks=TASKS):
-    """The fixed held-out set: n_per_task conversations of every task, in task order."""
-    return [make_conversation(task, EVAL_SEED0 + i, size) for task in tasks for i in range(n_per_task)]
+def eval_conversations(n_per_task, size, tasks=TASKS, style="default"):
+    """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`)."""
+    return [make_conversation(task, EVAL_SEED0 + i, size, style=style) for task in tasks for i in range(n_per_task)]
 
 
 def sample_conversations(rng, n, size, tasks=TASKS, questions=1):

@@ -109,6 +109,8 @@ class Conversations:
         if cfg.data == "synthetic":
             self.tasks = task_list(cfg)
             self.held_out = data.eval_conversations(cfg.eval_per_task, size, self.tasks)
+            # the same questions about scenes drawn differently (data.STYLES): does the model read the images?
+            self.shifted = data.eval_conversations(cfg.eval_per_task, size, self.tasks, style="shifted")
         else:
             convs = data.load_folder(cfg.data, size)
             if len(convs) < 10:
@@ -116,7 +118,7 @@ class Conversations:
                                  "one) and training need at least 10")
             random.Random(0).shuffle(convs)
             n_eval = min(len(convs) // 10, cfg.eval_per_task)
-            self.held_out, self.train = convs[:n_eval], convs[n_eval:]
+            self.held_out, self.train, self.shifted = convs[:n_eval], convs[n_eval:], []
             seen = {fingerprint(c) for c in self.train}  # a held-out copy of a training example measures memory
             self.held_out = [c for c in self.held_out if fingerprint(c) not in seen]
             self.dropped = n_eval - len(self.held_out)
@@ -158,9 +160,12 @@ def evaluate(model, batches, device, autocast):
     return sum(losses) / max(1, len(losses)), {t: hits[t] / totals[t] for t in sorted(totals)}
 
 
-def accuracy_table(accuracy, blind):
-    rows = [f"{'task':<12} {'accuracy':>9} {'blind':>7}"]
-    rows += [f"{task:<12} {accuracy[task]:>9.1%} {blind[task]:>7.1%}" for task in accuracy]
+def accuracy_table(result):
+    """accuracy, blind baseline and (synthetic data) accuracy on shifted scenes, a row per task."""
+    shifted = result.get("shifted_accuracy", {})
+    rows = [f"{'task':<12} {'accuracy':>9} {'blind':>7}" + (f" {'shifted':>8}" if shifted else "")]
+    rows += [f"{task:<12} {acc:>9.1%} {result['blind_accuracy'][task]:>7.1%}"
+             + (f" {shifted[task]:>8.1%}" if shifted else "") for task, acc in result["accuracy"].items()]
     return "\n".join(rows)
 
 
@@ -264,10 +269,11 @@ def main(argv):
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     source = Conversations(cfg, model_cfg.image_size)
-    eval_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size)
-                    for i in range(0, len(source.held_out), 64)]
-    blind_batches = [data.collate(source.held_out[i:i + 64], tok, model_cfg.image_size, blank_images=True)
-                     for i in range(0, len(source.held_out), 64)]
+    def batches(convs, blank_images=False):
+        return [data.collate(convs[i:i + 64], tok, model_cfg.image_size, blank_images)
+                for i in range(0, len(convs), 64)]
+    eval_batches, blind_batches = batches(source.held_out), batches(source.held_out, blank_images=True)
+    shifted_batches = batches(source.shifted)
     lock = lock_out_dir(cfg.out_dir) if master else None  # noqa: F841 (after every check; held until the end)
     if master:
         counts = raw_model.param_counts()
@@ -290,6 +296,8 @@ def main(argv):
         val_loss, accuracy = evaluate(eval_model, eval_batches, device, autocast)
         _, blind = evaluate(eval_model, blind_batches, device, autocast)
         result = {"iter": it, **spent, "val_loss": val_loss, "accuracy": accuracy, "blind_accuracy": blind}
+        if shifted_batches:
+            result["shifted_accuracy"] = evaluate(eval_model, shifted_batches, device, autocast)[1]
         log.write(json.dumps({"kind": "eval", **result}) + "\n")
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
             json.dump(result, f, indent=1)
@@ -334,7 +342,7 @@ def main(argv):
                           f"val loss {result['val_loss']:.3f}")
                 losses, tokens, t0 = [], 0, time.time()  # tokens/s counts training time only
     if master and start_iter < cfg.max_iters:
-        print(accuracy_table(result["accuracy"], result["blind_accuracy"]))
+        print(accuracy_table(result))
         print(f"checkpoint: {ckpt_path}")
     if ddp:
         dist.destroy_process_group()
