@@ -3,7 +3,6 @@
 import json
 import re
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anything
 
+from conftest import run_preloaded  # noqa: E402
 from data import (  # noqa: E402
-    ALPHABET, COLORS, EVAL_SEED0, SHAPES, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
+    ALPHABET, COLORS, EVAL_SEED0, PIECE, SHAPES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
     collate, draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
     main, make_conversation, object_labels, patch_objects, render_scene, sample_conversations, to_tensor, train_seed,
 )
@@ -38,29 +38,56 @@ def nearest_color(rgb):
 def test_tokenizer_round_trip():
     tok = Tokenizer()
     assert (tok.pad_id, tok.eos_id, tok.image_id, tok.user_id, tok.assistant_id) == (0, 1, 2, 3, 4)
-    assert tok.vocab_size == 5 + len(ALPHABET)
-    ids = tok.encode(ALPHABET)
-    assert ids == list(range(5, tok.vocab_size))
-    assert tok.decode(ids) == ALPHABET
-    assert tok.decode(torch.tensor(tok.encode('Hi, "you" (42%)!'))) == 'Hi, "you" (42%)!'
-    ids = [tok.image_id, tok.user_id, *tok.encode("q?"), tok.assistant_id, *tok.encode("a"), tok.eos_id, tok.pad_id]
-    assert tok.decode(ids) == "<image><user>q?<assistant>a<eos>"
-    with pytest.raises(DataError):  # '<' is not in the alphabet: text can never spell a special token
-        tok.encode("<eos>")
-    with pytest.raises(DataError, match="token ids must be in"):
-        tok.decode([tok.vocab_size])
+    assert tok.vocab_size == 5 + len(ALPHABET) + 2 * len(VOCABULARY)
+    chars = Tokenizer(words=())
+    ids = chars.encode(ALPHABET)
+    assert chars.vocab_size == 5 + len(ALPHABET) and ids == list(range(5, chars.vocab_size))
+    assert chars.decode(ids) == ALPHABET
+    for t in (tok, chars):
+        assert t.decode(torch.tensor(t.encode('Hi, "you" (42%)!'))) == 'Hi, "you" (42%)!'
+        ids = [t.image_id, t.user_id, *t.encode("q?"), t.assistant_id, *t.encode("a"), t.eos_id, t.pad_id]
+        assert t.decode(ids) == "<image><user>q?<assistant>a<eos>"
+        with pytest.raises(DataError):  # '<' is not in the alphabet: text can never spell a special token
+            t.encode("<eos>")
+        with pytest.raises(DataError, match="token ids must be in"):
+            t.decode([t.vocab_size])
+
+
+def test_vocabulary_words_are_single_tokens():
+    """A known word is one token with or without its leading space; any other text is spelled by characters."""
+    tok = Tokenizer()
+    assert [tok.decode([i]) for i in tok.encode("what color is the star?")] == ["what", " color", " is", " the",
+                                                                                 " star", "?"]
+    assert tok.encode("stars") == [tok.stoi[c] for c in "stars"]  # not a vocabulary word
+    assert tok.encode("Red") == [tok.stoi[c] for c in "Red"]  # only lowercase words are in the vocabulary
+
+
+@pytest.mark.parametrize("task", TASKS + (VIDEO_TASK,))
+def test_every_generated_word_is_in_the_vocabulary(task):
+    """VOCABULARY lists the generator's words by hand: a new word in a question or answer must be added there."""
+    tok = Tokenizer()
+    for seed in range(30):
+        for turn in make_conversation(task, seed, 64, questions=4).turns:
+            for text in (turn.question or "", turn.answer):
+                assert tok.decode(tok.encode(text)) == text
+                words = [p for p in PIECE.findall(text) if p.strip().isalpha() and len(p.strip()) > 1]
+                assert all(w in tok.stoi for w in words), (text, words)
 
 
 def test_tokenizer_state_round_trip(tmp_path):
-    for tok in (Tokenizer(), Tokenizer("abc ")):
+    for tok in (Tokenizer(), Tokenizer("abc "), Tokenizer(words=())):
         torch.save({"tokenizer": tok.state()}, tmp_path / "ckpt.pt")
         state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["tokenizer"]
         tok2 = Tokenizer.from_state(state)
         assert tok2.vocab_size == tok.vocab_size and tok2.encode("cab a") == tok.encode("cab a")
+    old = {"alphabet": ALPHABET, "specials": ["<pad>", "<eos>", "<image>", "<user>", "<assistant>"]}
+    assert Tokenizer.from_state(old).words == ()  # a checkpoint from before the vocabulary: characters only
     with pytest.raises(DataError):
         Tokenizer.from_state({"alphabet": "abc"})
     with pytest.raises(DataError):
         Tokenizer("abca")
+    with pytest.raises(DataError):
+        Tokenizer(words=("red", "red"))
 
 
 def test_unsupported_characters_are_named():
@@ -308,9 +335,9 @@ def test_collate_every_task():
         assert (b.idx[r, :n] != tok.pad_id).all()
         sup = (b.targets[r] != -100).nonzero().flatten()
         assert torch.equal(b.targets[r, sup], b.idx[r, sup + 1])  # targets are the next tokens
-        # exactly the answer characters and the <eos> of every turn are supervised
+        # exactly the answer tokens and the <eos> of every turn are supervised
         assert tok.decode(b.targets[r, sup]) == "".join(t.answer + "<eos>" for t in conv.turns)
-        assert b.last_answer[r].sum() == len(conv.turns[-1].answer) + 1
+        assert b.last_answer[r].sum() == len(tok.encode(conv.turns[-1].answer)) + 1
         assert (b.targets[r][b.last_answer[r]] != -100).all()
         assert tok.decode(b.targets[r][b.last_answer[r]]) == conv.turns[-1].answer + "<eos>"
     with pytest.raises(DataError, match="expected 32x32"):
@@ -455,6 +482,18 @@ def test_load_folder_errors(tmp_path, line, message):
     assert "data.jsonl, line 3: " in str(e.value) and "\n" not in str(e.value)
 
 
+def test_load_folder_refuses_images_outside_the_folder(tmp_path):
+    """Image paths are relative to the folder and stay inside it: a shared data.jsonl cannot read other files."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (tmp_path / "folder").mkdir()
+    for image in ("../outside.png", str(tmp_path / "outside.png"), "sub/../../outside.png"):
+        folder = make_folder(tmp_path / "folder", [GOOD, json.dumps({"image": image, "answer": "red"})])
+        with pytest.raises(DataError, match=re.escape(f"line 2: image {image!r} is outside")):
+            load_folder(folder)
+    assert len(load_folder(make_folder(tmp_path / "folder", [GOOD, json.dumps({"image": "sub/../a.png",
+                                                                               "answer": "red"})]))) == 2
+
+
 def test_load_folder_missing_files(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         load_folder(tmp_path / "nope")
@@ -468,12 +507,8 @@ def test_load_folder_missing_files(tmp_path):
 # -----------------------------------------------------------------------------
 # command line
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
 def test_cli_writes_samples(tmp_path):
-    r = run_cli("--out", str(tmp_path / "demo"), "--n", "10", "--seed", "1")
+    r = run_preloaded("data.py", "--out_dir", tmp_path / "demo", "--n", "10", "--seed", "1")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     names = sorted(p.name for p in (tmp_path / "demo").iterdir())
     tasks = TASKS + (VIDEO_TASK, TASKS[0])  # "all" cycles through every task, video included
@@ -482,21 +517,30 @@ def test_cli_writes_samples(tmp_path):
     assert "000 caption: 000_caption.png (1 image)" in listing and "Q: describe the image.  A: a " in listing
     assert "frame 0: a" in listing
     assert Image.open(tmp_path / "demo" / "000_caption.png").size == (64, 64)
+    r = run_preloaded("data.py", f"--out_dir={tmp_path / 'two'}", "--n=2", "--tasks=count,video", "--image_size=32")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["000_count.png", "001_video.png",
+                                                                     "conversations.txt"]
+    assert Image.open(tmp_path / "two" / "000_count.png").size == (32, 32)
 
 
-def test_cli_bad_arguments(capsys, tmp_path):
-    bad = (["--out", "x", "--n", "0"], ["--out", "x", "--task", "nope"], ["--out", "x", "--size", "big"], ["--n", "3"])
-    for args in bad:
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("data.py: error: "), err
-    r = run_cli("--out", str(tmp_path), "--size", "8")
-    assert r.returncode == 2 and r.stderr == "data.py: error: --size must be >= 32, got 8 (see --help)\n"
+@pytest.mark.parametrize("args, says", [
+    (["--out_dir", "{tmp}", "--n", "0"], "--n must be an integer >= 1, got 0"),
+    (["--out_dir", "{tmp}", "--tasks", "nope"], "unknown task 'nope'"),
+    (["--out_dir", "{tmp}", "--image_size", "big"], "--image_size expects int, got 'big'"),
+    (["--out_dir", "{tmp}", "--image_size", "8"], "--image_size must be an integer >= 32, got 8"),
+    (["--out_dir", "{tmp}", "--out", "x"], "unknown option --out; did you mean --out_dir?"),  # the old names
+    (["--out_dir", "{tmp}", "--task", "count"], "unknown option --task; did you mean --tasks?"),
+    (["--out_dir"], "--out_dir needs a value"),
+])
+def test_cli_bad_arguments(tmp_path, args, says):
+    r = run_preloaded("data.py", *[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("data.py: error: "), r.stderr
+    assert says in r.stderr
     assert not list(tmp_path.iterdir())
 
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
-    assert e.value.code == 0 and "--out" in capsys.readouterr().out
+    assert e.value.code == 0 and "--out_dir" in capsys.readouterr().out
