@@ -4,11 +4,13 @@ checks of a clean run and of a one-line error, the tiny model's options and two 
 Every run uses one thread (OMP_NUM_THREADS=1): runs are reproducible, and the two that often run at once (a
 ThreadPoolExecutor of 2) do not fight over the cores."""
 import multiprocessing
+import multiprocessing.connection
 import os
 import runpy
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,11 +45,14 @@ def run_preloaded(script, *args, timeout=120):
         out.touch()
         err.touch()
         process = _PRELOADED.Process(target=_run_as_main, args=(str(script), [str(a) for a in args], out, err))
-        process.start()
-        process.join(timeout)
-        if process.is_alive():
-            process.kill()
+        with _POLLING:
+            process.start()
+        finished = multiprocessing.connection.wait([process.sentinel], timeout)
+        with _POLLING:
+            if not finished:
+                process.kill()
             process.join()
+        if not finished:
             raise subprocess.TimeoutExpired([script, *args], timeout)
         return subprocess.CompletedProcess([script, *args], process.exitcode, out.read_text(), err.read_text())
 
@@ -63,8 +68,14 @@ def _run_as_main(script, args, out, err):  # in the forked process
     runpy.run_path(str(ROOT / script), run_name="__main__")
 
 
+# the fork server starts (at the first run_preloaded) with this environment: PYTHONPATH lets it preload this file
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT),
+                                                         os.environ.get("PYTHONPATH")]))
 _PRELOADED = multiprocessing.get_context("forkserver")
-_PRELOADED.set_forkserver_preload(["conftest", "torch", "common", "casa", "data"])
+# start() polls every running child for its exit code, which can be read once: two threads must not poll at once
+_POLLING = threading.Lock()
+_PRELOADED.set_forkserver_preload(["conftest", "torch", "common", "casa", "data", "tqdm", "torch.distributed",
+                                   "torch.utils.flop_counter"])
 
 
 def ok(r):

@@ -1,12 +1,15 @@
-"""Exact behaviour of the model: caches equal recomputation, the masks are what the paper says (checked by perturbing
-inputs and watching outputs), cache sizes follow the paper's formulas, initialisation and parameter sharing."""
+"""Exact behaviour of the model: caches equal recomputation (also frame after frame of a stream), the masks are what
+the paper says (checked by perturbing inputs and watching outputs), cache sizes follow the paper's formulas,
+initialisation and parameter sharing, and the config's checks."""
 import random
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 import casa
+import data
 
 MARK = 2  # image marker id in these tiny configs
 VOCAB = 24
@@ -109,6 +112,25 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
         return model.generate(idx, images, max_new_tokens=8, temperature=1.0, generator=g, **kw)
     assert torch.equal(sample(3), sample(3))
     assert torch.equal(sample(3, top_k=1), model.generate(idx, images, max_new_tokens=8))
+
+
+@pytest.mark.parametrize("fusion", casa.FUSIONS)
+def test_streaming_many_frames_cache_equals_recomputation(fusion):
+    """Frame after frame through one cache (marker + frame, then greedy tokens until the stop token), against
+    recomputing the whole stream from scratch at every frame."""
+    torch.manual_seed(0)
+    model = casa.VLM(casa.VLMConfig(fusion=fusion, image_size=32, patch_size=8, vit_layers=1, vit_dim=32,
+                                    vit_heads=2, n_layer=4, n_head=2, n_embd=32, vocab_size=40)).eval()
+    frames = [data.to_tensor(turn.images[0])[None] for turn in data.make_clip(1, 32, 6).turns]
+    marker = torch.tensor([[model.config.image_token_id]])
+    cache, stream = model.new_cache(), torch.zeros(1, 0, dtype=torch.long)
+    for i, frame in enumerate(frames):
+        cached = model.generate(marker, frame, max_new_tokens=5, stop_token=7, cache=cache)
+        stream = torch.cat([stream, marker], 1)
+        fresh = model.generate(stream, torch.cat(frames[:i + 1]), max_new_tokens=5, stop_token=7, use_cache=False)
+        assert torch.equal(cached, fresh), f"frame {i}"
+        stream = torch.cat([stream, cached], 1)
+    assert cache.pos == stream.size(1) + (len(frames) * 16 if fusion == "insertion" else 0)
 
 
 def test_stop_token_ends_generation_and_pads_rows():
@@ -326,6 +348,26 @@ def test_marker_and_image_counts_must_match():
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         casa.VLMConfig(**bad)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(n_head=0), "n_head must be >= 1, got 0"),
+    (dict(n_layer=-1), "n_layer must be >= 1, got -1"),
+    (dict(patch_size=0), "patch_size must be >= 1, got 0"),
+    (dict(vit_heads=0), "vit_heads must be >= 1, got 0"),
+    (dict(rope_base=0.0), "rope_base must be > 0.0, got 0.0"),
+    (dict(rope_base=float("nan")), "rope_base must be a finite number, got nan"),
+    (dict(vit_layer_scale=float("inf")), "vit_layer_scale must be a finite number, got inf"),
+    (dict(n_embd="32"), "n_embd must be int, got '32'"),
+    (dict(gate="yes"), "gate must be bool, got 'yes'"),
+    (dict(n_layer=2.0), "n_layer must be int, got 2.0"),
+    (dict(image_token_id=96), "image_token_id 96 is outside the vocabulary (96)"),
+])
+def test_config_refuses_nonsense_naming_the_field(bad, says):
+    """What a checkpoint's model_config or a command line may hold: refused before any layer is built."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        casa.VLMConfig(**bad)
+    assert casa.VLMConfig(rope_base=500).rope_base == 500.0  # an int may stand for a float
 
 
 # ---------------------------------------------------------------------------------------------- line budget

@@ -25,7 +25,8 @@ from conftest import ENV, EXACT, ROOT, TINY, load, ok, one_clean_line, run, run_
 
 
 def run_train(*args):
-    return run("train.py", *args)
+    """train.py in a preloaded process (see conftest.run_preloaded): the same run, 3 s sooner."""
+    return run_preloaded("train.py", *args)
 
 
 def train_log(out_dir):
@@ -333,8 +334,8 @@ def folder(d):
 
 
 def equals_form(d):
-    """What tiny_ckpt ran with `--max_iters 2` and `--out_dir DIR`, as --key=value."""
-    return run_train(*TINY, f"--out_dir={d / 'equals'}", "--max_iters=2")
+    """What tiny_ckpt ran with `--max_iters 2` and `--out_dir DIR`, as --key=value, from a shell."""
+    return run("train.py", *TINY, f"--out_dir={d / 'equals'}", "--max_iters=2")
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +403,7 @@ def test_checkpoint_contents(runs):
     assert not [p.name for p in (d / "A").iterdir() if p.name.endswith(".tmp")]
 
     result = json.loads((d / "A" / "eval.json").read_text())
-    assert set(result) == {"iter", "val_loss", "accuracy", "blind_accuracy"}
+    assert {"iter", "val_loss", "accuracy", "blind_accuracy"} <= set(result)
     assert result["iter"] == 6 and math.isfinite(result["val_loss"]) and result["val_loss"] > 0
     for key in ("accuracy", "blind_accuracy"):
         assert sorted(result[key]) == sorted(data.TASKS)

@@ -1,0 +1,75 @@
+"""Tests for bench.py: the smoke runs of stream and train (their JSON keys), the analytic table, and one-line errors
+for bad options, checked in the main process before any worker starts or any output is needed."""
+import json
+
+import pytest
+from PIL import Image
+
+import casa
+from conftest import MODEL, ok, one_clean_line, run, run_preloaded
+
+FRAME_KEYS = {"ttft_ms_first", "ttft_ms_last", "decode_tok_s_first", "decode_tok_s_last", "kv_tokens_final",
+              "kv_bytes_final", "peak_mem_mb"}
+
+
+def test_bench_smoke_runs_write_the_json_keys(pool, tmp_path):
+    stream, train = pool.map(lambda args: run("bench.py", *args, *MODEL), [
+        ["stream", "--turns=3", "--tokens=2", f"--json={tmp_path / 's.json'}", f"--png={tmp_path / 's.png'}"],
+        ["train", "--frames=2", "--batch_size=2", "--max_iters=1", f"--json={tmp_path / 't.json'}"]])
+    ok(stream)
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert "machine" in result
+    for fusion in casa.FUSIONS:
+        assert FRAME_KEYS <= set(result[fusion])
+    assert result["insertion"]["kv_tokens_final"] > result["casa"]["kv_tokens_final"]
+    assert Image.open(tmp_path / "s.png").size == (900, 600)
+    ok(train)
+    result = json.loads((tmp_path / "t.json").read_text())
+    for fusion in casa.FUSIONS:
+        assert {"text_tok_s", "peak_mem_mb", "mfu"} <= set(result[fusion]) and 0 < result[fusion]["mfu"]
+    r = run_preloaded("bench.py", "stream", "--fusions=concat")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_table_with_model_options_as_key_space_value():
+    """`python bench.py table --n_embd 64`, from a shell."""
+    r = ok(run("bench.py", "table", "--n_embd", "64"))
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("fusion") and [line.split()[0] for line in lines[1:]] == list(casa.FUSIONS)
+    wide, narrow = ok(run_preloaded("bench.py", "table", "--fusions=casa")), ok(
+        run_preloaded("bench.py", "table", "--fusions=casa", "--n_embd=64"))
+    params = lambda r: int(r.stdout.splitlines()[1].split()[1].replace(",", ""))
+    assert params(narrow) == int(lines[3].split()[1].replace(",", "")) and params(narrow) < params(wide)
+
+
+BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
+    "train_frames_0": (["train", "--frames=0"], "frames must be >= 1, got 0"),
+    "train_batch_size_0": (["train", "--batch_size=0"], "batch_size must be >= 1, got 0"),
+    "train_max_iters_0": (["train", "--max_iters=0"], "max_iters must be >= 1, got 0"),
+    "train_old_iters": (["train", "--iters=1"], "unknown option --iters; did you mean --max_iters?"),
+    "stream_max_text_0": (["stream", "--max_text=0"], "max_text must be >= 1, got 0"),
+    "stream_json_in_a_missing_folder": (["stream", "--json=/missing/x.json"],
+                                        "--json=/missing/x.json: no such directory /missing"),
+    "stream_png_is_a_folder": (["stream", "--png={tmp}"], "--png={tmp}: is a directory"),
+    "stream_takes_no_frames": (["stream", "--frames=2"], "unknown option --frames"),
+    "table_fusions_empty": (["table", "--fusions="], "--fusions takes a comma-separated list"),
+    "table_takes_no_device": (["table", "--device=cpu"], "unknown option --device"),
+    "bad_model_option": (["stream", "--n_head=3"], "must split into 3 heads"),
+    "unknown_command": (["strem"], "unknown command 'strem'"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(pool, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench_bad")
+    jobs = {name: pool.submit(run_preloaded, "bench.py", *[a.format(tmp=tmp) for a in args])
+            for name, (args, _) in BAD.items()}
+    return tmp, {name: job.result() for name, job in jobs.items()}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_options_are_one_line_before_any_work(bad_runs, name):
+    tmp, results = bad_runs
+    assert BAD[name][1].format(tmp=tmp) in one_clean_line(results[name], "bench.py")
+    assert results[name].stdout == ""  # no fusion was measured first
+    assert list(tmp.iterdir()) == []
