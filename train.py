@@ -40,13 +40,14 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1         # micro-batches per step, per process: tokens per step = batch * accum * processes
     max_iters: int = 1500
-    lr: float = 2e-3            # new weights (everything, from scratch; the fusion layers when adapting)
+    lr: float = 3e-3            # new weights (everything, from scratch; the fusion layers when adapting)
     vision_lr: float = 5e-4     # a new vision encoder (5e-4 and 2e-3 measured alike since LayerScale: README)
     pretrained_lr: float = 2e-4  # weights that came from --init_from=PATH (0 freezes them)
     min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
     warmup_iters: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    optimizer: str = "muon"     # muon (the LM blocks' matrices; AdamW for the rest) | adamw (everything)
     # evaluation and logging
     eval_interval: int = 250
     eval_per_task: int = 64     # held-out conversations per task
@@ -61,6 +62,8 @@ class TrainConfig:
         check_fields(self, at_least=dict(batch_size=1, grad_accum=1, max_iters=1, eval_interval=1, eval_per_task=1,
                                          questions=1, lr=0.0, vision_lr=0.0, pretrained_lr=0.0, min_lr_ratio=0.0,
                                          warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
+        if self.optimizer not in ("muon", "adamw"):
+            raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
 
 
 def unwrapped(model):
@@ -69,9 +72,40 @@ def unwrapped(model):
     return getattr(model, "_orig_mod", model)
 
 
+class Optimizers:
+    """Several torch optimizers stepped, scheduled and saved as one: param_groups lists all of their groups."""
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state):
+        states = state.get("optimizers") if isinstance(state, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            raise ValueError("the saved optimizers are not these")
+        for opt, saved in zip(self.optimizers, states):
+            opt.load_state_dict(saved)
+
+
 def make_optimizer(model, new_names, cfg, fused):
-    """AdamW with a group per learning rate (new weights, a new vision encoder, pretrained weights) and per
-    kind (decayed matrices, undecayed norms/gates/biases)."""
+    """A group per learning rate (new weights, a new vision encoder, pretrained weights) and per kind (decayed
+    matrices, undecayed norms/gates/biases). With --optimizer=muon the weight matrices of the LM blocks go to Muon
+    (momentum orthogonalised by Newton-Schulz, its update scaled to AdamW's size so the same learning rates
+    apply); everything else (embeddings, the vision encoder, norms) to AdamW."""
     groups = {}
     for name, p in model.named_parameters():
         new = name in new_names
@@ -79,11 +113,17 @@ def make_optimizer(model, new_names, cfg, fused):
             p.requires_grad_(False)  # adapting a frozen model: only the new layers learn
             continue
         lr = (cfg.vision_lr if name.startswith("vision.") else cfg.lr) if new else cfg.pretrained_lr
-        groups.setdefault((lr, p.dim() >= 2), {"params": [], "base_lr": lr, "weight_decay":
+        muon = cfg.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.")
+        groups.setdefault((muon, lr, p.dim() >= 2), {"params": [], "base_lr": lr, "weight_decay":
                           cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
     if not groups:
         raise UsageError("nothing to train: every weight came from --init_from and --pretrained_lr=0 freezes them")
-    return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
+    adamw = [g for (muon, *_), g in groups.items() if not muon]
+    muon = [g for (muon, *_), g in groups.items() if muon]
+    optimizers = [torch.optim.AdamW(adamw, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)] if adamw else []
+    if muon:
+        optimizers.append(torch.optim.Muon(muon, lr=cfg.lr, adjust_lr_fn="match_rms_adamw"))
+    return Optimizers(optimizers)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -321,9 +361,11 @@ def main(argv):
                 _, loss = model(idx, images, targets)
             scaler.scale(loss / cfg.grad_accum).backward()
             tokens += int((batch.idx != tok.pad_id).sum()) * world
-        scaler.unscale_(optimizer)
+        for opt in optimizer.optimizers:
+            scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
+        for opt in optimizer.optimizers:
+            scaler.step(opt)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())

@@ -251,6 +251,14 @@ def test_optimizer_groups():
     for group in scratch.param_groups:
         vision = {by_id[id(p)].startswith("vision.") for p in group["params"]}
         assert vision in ({True}, {False}) and group["base_lr"] == (3e-4 if vision == {True} else 1e-3)
+    # Muon takes exactly the LM blocks' weight matrices; --optimizer=adamw leaves one AdamW for everything
+    adamw, muon = scratch.optimizers
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    in_muon = {by_id[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == {name for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("blocks.")}
+    plain = train.make_optimizer(model, names, train.TrainConfig(optimizer="adamw"), False)
+    assert [type(o) for o in plain.optimizers] == [torch.optim.AdamW]
+    assert sum(len(g["params"]) for g in plain.param_groups) == len(names)
 
 
 def test_ranks_iterations_and_micro_batches_get_different_data():
@@ -399,7 +407,7 @@ def test_checkpoint_contents(runs):
     model = VLM(VLMConfig(**cfg))
     model.load_state_dict(ckpt["model"])  # strict
     assert set(ckpt["rng"]) == {"python", "torch"}
-    assert len(ckpt["optimizer"]["state"]) == len(list(model.parameters()))
+    assert sum(len(opt["state"]) for opt in ckpt["optimizer"]["optimizers"]) == len(list(model.parameters()))
     assert not [p.name for p in (d / "A").iterdir() if p.name.endswith(".tmp")]
 
     result = json.loads((d / "A" / "eval.json").read_text())
