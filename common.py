@@ -178,6 +178,47 @@ def lr_factor(it, cfg):
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Optimizers:
+    """Several torch optimizers stepped, scheduled and saved as one: param_groups lists all of their groups."""
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state):
+        states = state.get("optimizers") if isinstance(state, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            raise ValueError("the saved optimizers are not these")
+        for opt, saved in zip(self.optimizers, states):
+            opt.load_state_dict(saved)
+
+
+def adamw_and_muon(groups, lr, fused=False):
+    """One Optimizers from param groups (dicts with params, base_lr, weight_decay, and muon: True for weight
+    matrices that Muon should train). Muon orthogonalises each matrix's momentum (Newton-Schulz) and is scaled
+    to AdamW's update size (match_rms_adamw), so the same learning rates apply; AdamW takes everything else."""
+    adamw = [{k: v for k, v in g.items() if k != "muon"} for g in groups if not g["muon"]]
+    muon = [{k: v for k, v in g.items() if k != "muon"} for g in groups if g["muon"]]
+    optimizers = [torch.optim.AdamW(adamw, lr=lr, betas=(0.9, 0.95), fused=fused)] if adamw else []
+    if muon:
+        optimizers.append(torch.optim.Muon(muon, lr=lr, adjust_lr_fn="match_rms_adamw"))
+    return Optimizers(optimizers)
+
+
 # ------------------------------------------------------------------------------------------------ system
 
 

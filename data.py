@@ -113,7 +113,7 @@ COLORS = {
     "purple": (150, 60, 210), "orange": (245, 135, 25), "white": (240, 240, 240), "cyan": (40, 215, 225),
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
-RADIUS = {"small": 0.1, "big": 0.16}  # half the object's extent, as a fraction of the image size
+RADIUS = {"small": 0.1, "big": 0.16}  # half the object's extent, as a fraction of the image size (+-15%)
 WORDS = ("cat", "dog", "sun", "car", "hat", "box", "map", "cup", "key",
          "fish", "bird", "tree", "moon", "boat", "cake")  # for the reading task, with 1-3 digit numbers
 GRID = (("top left", "top", "top right"),
@@ -168,7 +168,7 @@ def _place(rng, size, objects, text_box=None, style="default"):
     gap = max(2, size // 32)
     for _ in range(100):
         shape, color, size_name = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(tuple(RADIUS))
-        r = round(size * STYLES[style]["radius"][size_name])
+        r = round(size * STYLES[style]["radius"][size_name] * rng.uniform(0.85, 1.15))  # no two exact sizes
         o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color, style)}
         o = _moved(o, rng.randint(r + 1, size - 2 - r), rng.randint(r + 1, size - 2 - r))
         if any(p["shape"] == shape and p["color"] == color for p in objects):

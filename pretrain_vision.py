@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 import data
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, build, build_model, load_checkpoint, load_weights, lock_out_dir, lr_factor,
-                    model_config, parse_options, pick_device, require_unchanged, run_script, save_checkpoint)
+from common import (UsageError, adamw_and_muon, build, build_model, load_checkpoint, load_weights, lock_out_dir,
+                    lr_factor, model_config, parse_options, pick_device, require_unchanged, run_script,
+                    save_checkpoint)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class PretrainConfig:
     min_lr_ratio: float = 1.0   # cosine decay ends at lr * min_lr_ratio (1 = a constant rate: README runs)
     warmup_iters: int = 0
     weight_decay: float = 0.1
+    optimizer: str = "muon"     # muon (the ViT blocks' and projector's matrices; AdamW for the rest) | adamw
     eval_interval: int = 250
     eval_scenes: int = 256      # held-out scenes
     seed: int = 0
@@ -55,6 +57,8 @@ class PretrainConfig:
                                          min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0))
         if self.init_from not in ("scratch", "resume"):
             raise ValueError(f"--init_from expects scratch or resume, got {self.init_from!r}")
+        if self.optimizer not in ("muon", "adamw"):
+            raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
 
 
 
@@ -123,10 +127,14 @@ def main(argv):
         vlm = VLM(model_cfg)
     encoder = vlm.vision.to(device)  # built and initialised exactly as a VLM builds it
     heads = Heads(model_cfg.n_embd).to(device)
-    params = list(encoder.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.95))
+    # Muon for the ViT blocks' and the projector's weight matrices (--optimizer=muon), AdamW for the rest
+    named = [(f"vision.{n}", p) for n, p in encoder.named_parameters()] + list(heads.named_parameters(prefix="heads"))
+    muon = [cfg.optimizer == "muon" and p.dim() == 2 and name.startswith(("vision.blocks.", "vision.proj"))
+            for name, p in named]
+    groups = [{"params": [p for (_, p), m in zip(named, muon) if m == use and (p.dim() >= 2) == decayed],
+               "base_lr": cfg.lr, "weight_decay": cfg.weight_decay if decayed else 0.0, "muon": use}
+              for use in (False, True) for decayed in (False, True)]
+    optimizer = adamw_and_muon([g for g in groups if g["params"]], cfg.lr)
     start_iter = 0
     if ckpt:
         load_weights(encoder, {k.removeprefix("vision."): v for k, v in ckpt["model"].items()}, ckpt_path)
@@ -146,7 +154,7 @@ def main(argv):
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(it, cfg)
+            group["lr"] = group["base_lr"] * lr_factor(it, cfg)
         # a pure function of (seed, iteration), so a resumed run sees exactly the batches it would have seen
         images, labels = (t.to(device) for t in scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid))
         loss = loss_of(heads(encoder(images)), labels)

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 import data
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, build, build_model, load_checkpoint, load_weights, lock_out_dir, lr_factor,
-                    model_config, parse_options, pick_device, pick_dtype, require_unchanged, run_script, save_checkpoint)
+from common import (UsageError, adamw_and_muon, build, build_model, load_checkpoint, load_weights, lock_out_dir,
+                    lr_factor, model_config, parse_options, pick_device, pick_dtype, require_unchanged, run_script,
+                    save_checkpoint)
 
 
 @dataclass
@@ -72,35 +73,6 @@ def unwrapped(model):
     return getattr(model, "_orig_mod", model)
 
 
-class Optimizers:
-    """Several torch optimizers stepped, scheduled and saved as one: param_groups lists all of their groups."""
-
-    def __init__(self, optimizers):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self):
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    def step(self):
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none=True):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state):
-        states = state.get("optimizers") if isinstance(state, dict) else None
-        if not isinstance(states, list) or len(states) != len(self.optimizers):
-            raise ValueError("the saved optimizers are not these")
-        for opt, saved in zip(self.optimizers, states):
-            opt.load_state_dict(saved)
-
-
 def make_optimizer(model, new_names, cfg, fused):
     """A group per learning rate (new weights, a new vision encoder, pretrained weights) and per kind (decayed
     matrices, undecayed norms/gates/biases). With --optimizer=muon the weight matrices of the LM blocks go to Muon
@@ -118,12 +90,7 @@ def make_optimizer(model, new_names, cfg, fused):
                           cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
     if not groups:
         raise UsageError("nothing to train: every weight came from --init_from and --pretrained_lr=0 freezes them")
-    adamw = [g for (muon, *_), g in groups.items() if not muon]
-    muon = [g for (muon, *_), g in groups.items() if muon]
-    optimizers = [torch.optim.AdamW(adamw, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)] if adamw else []
-    if muon:
-        optimizers.append(torch.optim.Muon(muon, lr=cfg.lr, adjust_lr_fn="match_rms_adamw"))
-    return Optimizers(optimizers)
+    return adamw_and_muon([{**g, "muon": muon} for (muon, *_), g in groups.items()], cfg.lr, fused)
 
 
 # ------------------------------------------------------------------------------------------------ data
