@@ -310,7 +310,7 @@ def learn(args, overrides):
         vision_dir = os.path.join(args.out_dir, "vision")
         run_script_for("pretrain_vision.py", [f"--out_dir={vision_dir}", f"--max_iters={args.vision_iters}",
                                               f"--eval_interval={args.vision_iters}", *model_argv])
-        vision_s = eval_log(vision_dir)[-1]["train_s"]
+        vision_s = eval_log(vision_dir)[-1]["train_s"]  # drawing its scenes included, like train.py's train_s
         init = [f"--init_from={os.path.join(vision_dir, 'ckpt.pt')}"]
     results = {}
     for fusion in args.fusion_list:
@@ -319,8 +319,9 @@ def learn(args, overrides):
                                     *shlex.split(args.train_args)])
         curve = eval_log(out)
         results[fusion] = {"vision_pretrain_s": vision_s, "reached": first_reached(curve, vision_s),
-                           "curve": [{k: e[k] for k in ("iter", "train_s", "text_tokens", "accuracy",
-                                                        "blind_accuracy")} for e in curve]}
+                           "curve": [{k: e[k] for k in ("iter", "train_s", "data_s", "text_tokens", "accuracy",
+                                                        "blind_accuracy", "shifted_accuracy") if k in e}
+                                     for e in curve]}
     return results
 
 

@@ -149,14 +149,17 @@ def main(argv):
     grid = model_cfg.image_size // model_cfg.patch_size
     held_out = [t.to(device) for t in scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
-    spent = {"train_s": float(ckpt.get("train_s", 0.0)) if ckpt else 0.0}  # training time, evaluation excluded
+    # training time (evaluation excluded; data_s: the part spent drawing and labelling scenes)
+    spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}
     log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if ckpt else "w", buffering=1)
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(it, cfg)
         # a pure function of (seed, iteration), so a resumed run sees exactly the batches it would have seen
+        drawn = time.time()
         images, labels = (t.to(device) for t in scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid))
+        spent["data_s"] += time.time() - drawn
         loss = loss_of(heads(encoder(images)), labels)
         loss.backward()
         optimizer.step()
@@ -168,13 +171,13 @@ def main(argv):
                 hits = hits_of(heads(encoder(held_out[0])), held_out[1])
                 encoder.train()
             print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
-                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({spent['train_s']:.0f} s)")
-            log.write(json.dumps({"kind": "eval", "iter": it + 1, "train_s": spent["train_s"], "loss": loss.item(),
+                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it drawing data)")
+            log.write(json.dumps({"kind": "eval", "iter": it + 1, **spent, "loss": loss.item(),
                                   "patches_right": hits}) + "\n")
             save_checkpoint(ckpt_path, {
                 "model": {f"vision.{k}": v for k, v in encoder.state_dict().items()}, "heads": heads.state_dict(),
                 "optimizer": optimizer.state_dict(), "iter": it + 1, "model_config": asdict(model_cfg),
-                "train_config": asdict(cfg), "tokenizer": tok.state(), "train_s": spent["train_s"]})
+                "train_config": asdict(cfg), "tokenizer": tok.state(), "spent": spent})
             t0 = time.time()
     print(f"checkpoint: {ckpt_path} (start a VLM from it: python train.py --init_from={ckpt_path})")
 

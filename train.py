@@ -262,8 +262,9 @@ def main(argv):
             torch.set_rng_state(ckpt["rng"]["torch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UsageError(f"{ckpt_path}: unusable scaler or random state ({type(e).__name__})") from None
-    # training time (evaluation excluded) and text tokens so far: what time-to-accuracy is measured in
-    spent = {"train_s": 0.0, "text_tokens": 0}
+    # training time (evaluation excluded; data_s: the part spent drawing and collating batches) and text tokens so
+    # far: what time-to-accuracy is measured in
+    spent = {"train_s": 0.0, "data_s": 0.0, "text_tokens": 0}
     if cfg.init_from == "resume" and isinstance(ckpt.get("spent"), dict):
         spent.update(ckpt["spent"])
     ckpt = None  # free memory
@@ -320,7 +321,9 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         for micro in range(cfg.grad_accum):
+            drawn = time.time()
             batch = data.collate(source.batch(it, rank, micro), tok, model_cfg.image_size)
+            spent["data_s"] += time.time() - drawn
             idx, targets, images = to_device(batch, device)
             if ddp:  # only the last micro-batch all-reduces the gradients
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1
@@ -348,7 +351,8 @@ def main(argv):
                 result = run_eval(it + 1)
                 checkpoint(it + 1)
                 bar.write(f"iter {it + 1}: train loss {sum(losses) / len(losses):.3f}, "
-                          f"val loss {result['val_loss']:.3f}")
+                          f"val loss {result['val_loss']:.3f} ({spent['train_s']:.0f} s of training, "
+                          f"{spent['data_s']:.0f} s of it drawing data)")
                 losses, tokens, t0 = [], 0, time.time()  # tokens/s counts training time only
     if master and start_iter < cfg.max_iters:
         print(accuracy_table(result))
