@@ -112,7 +112,7 @@ class Conversations:
     every DDP process different data without any state to save."""
 
     def __init__(self, cfg, size):
-        self.cfg, self.size = cfg, size
+        self.cfg, self.size, self.dropped = cfg, size, 0
         if cfg.data == "synthetic":
             self.tasks = task_list(cfg)
             self.held_out = data.eval_conversations(cfg.eval_per_task, size, self.tasks)
@@ -288,7 +288,7 @@ def main(argv):
         print(f"{model_cfg.fusion} model, {counts['total'] / 1e6:.2f}M parameters "
               f"({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items() if k != 'total')}); "
               f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es)")
-        if getattr(source, "dropped", 0):
+        if source.dropped:
             print(f"{source.dropped} held-out example(s) dropped: they also occur in the training data")
     log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter) if master else None
 

@@ -73,3 +73,38 @@ def test_bad_options_are_one_line_before_any_work(bad_runs, name):
     assert BAD[name][1].format(tmp=tmp) in one_clean_line(results[name], "bench.py")
     assert results[name].stdout == ""  # no fusion was measured first
     assert list(tmp.iterdir()) == []
+
+
+def test_first_reached_finds_the_first_eval_at_each_level():
+    import bench
+    curve = [{"iter": 10, "train_s": 5.0, "text_tokens": 100, "accuracy": {"color": 0.4, "shape": 0.85}},
+             {"iter": 20, "train_s": 9.0, "text_tokens": 200, "accuracy": {"color": 0.8, "shape": 0.5}},
+             {"iter": 30, "train_s": 14.0, "text_tokens": 300, "accuracy": {"color": 0.95, "shape": 0.95}}]
+    table = bench.first_reached(curve, offset_s=100.0)
+    assert table["color"] == {"50%": {"iter": 20, "train_s": 109.0, "text_tokens": 200},
+                              "80%": {"iter": 20, "train_s": 109.0, "text_tokens": 200},
+                              "90%": {"iter": 30, "train_s": 114.0, "text_tokens": 300}}
+    assert table["shape"]["50%"]["iter"] == 10 and table["shape"]["90%"]["iter"] == 30
+    assert table["count"] == {"50%": None, "80%": None, "90%": None}  # a task never evaluated never reached
+
+
+def test_learn_smoke_run_writes_curves_thresholds_and_png(tmp_path):
+    """bench.py learn end to end on the tiny model: one shared pretrained encoder, two fusions, a curve each."""
+    train_args = "--max_iters=4 --eval_interval=2 --batch_size=4 --eval_per_task=2 --progress=false " \
+                 "--tasks=color,shape,count,position"
+    r = ok(run("bench.py", "learn", "--fusions=insertion,casa", f"--out_dir={tmp_path / 'learn'}", "--vision_iters=2",
+               f"--train_args={train_args}", f"--json={tmp_path / 'l.json'}", f"--png={tmp_path / 'l.png'}",
+               *MODEL))
+    assert "to 90%" in r.stdout
+    result = json.loads((tmp_path / "l.json").read_text())
+    assert set(result) == {"machine", "options", "insertion", "casa"}
+    for fusion in ("insertion", "casa"):
+        res = result[fusion]
+        assert res["vision_pretrain_s"] > 0
+        assert [e["iter"] for e in res["curve"]] == [2, 4]
+        assert {"train_s", "data_s", "text_tokens", "accuracy", "blind_accuracy", "shifted_accuracy"} <= set(
+            res["curve"][0])
+        assert set(res["reached"]) == {"color", "shape", "count", "position"}
+        assert all(set(levels) == {"50%", "80%", "90%"} for levels in res["reached"].values())
+    assert (tmp_path / "learn" / "vision" / "ckpt.pt").exists()  # one encoder, shared by both fusions
+    assert Image.open(tmp_path / "l.png").size == (900, 4 * 300)
