@@ -42,11 +42,8 @@ class BenchOptions:
 
     def __post_init__(self):
         check_fields(self, at_least=self.at_least)
-        names = [f for f in self.fusions.split(",") if f]
-        if not names or set(names) - set(FUSIONS):
+        if not self.fusion_list or set(self.fusion_list) - set(FUSIONS):
             raise ValueError(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}, got {self.fusions!r}")
-        if getattr(self, "max_text", None) is not None and self.max_text < 1:
-            raise ValueError(f"max_text must be >= 1, got {self.max_text}")
 
     @property
     def fusion_list(self):
@@ -60,7 +57,7 @@ class StreamOptions(BenchOptions):
     turns: int = 256              # streaming turns
     max_text: int | None = None   # rolling text window of the cache
     png: str = ""                 # draw latency and cache size against the turn
-    at_least = dict(tokens=1, turns=1)
+    at_least = dict(tokens=1, turns=1, max_text=1)
 
 
 @dataclass

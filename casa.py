@@ -85,7 +85,7 @@ class VLMConfig:
 def check_fields(cfg, at_least=(), above=()):
     """Refuse nonsense in a config dataclass before anything is built or trained: every field must have its
     default's kind (an int may stand for a float; None where the default is None), floats must be finite, and
-    the named fields must be >= at_least[name] or > above[name]. Raises ValueError naming the field."""
+    the named fields, when set, must be >= at_least[name] or > above[name]. Raises ValueError naming the field."""
     for f in fields(cfg):
         value, kind = getattr(cfg, f.name), type(f.default)
         if kind is float and type(value) is int:
@@ -98,7 +98,7 @@ def check_fields(cfg, at_least=(), above=()):
         if kind is float and not math.isfinite(value):
             raise ValueError(f"{f.name} must be a finite number, got {value}")
     for name, low in dict(at_least).items():
-        if getattr(cfg, name) < low:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < low:
             raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
     for name, low in dict(above).items():
         if not getattr(cfg, name) > low:
@@ -227,6 +227,7 @@ class LayerCache:
 
     def __init__(self):
         self.text, self.window = KVBuffer(), KVBuffer()
+        self.window_number = None  # which window `window` holds the keys of (a Python int: no device sync to ask)
 
     def extend_text(self, kv):
         """Self-attention: every key of the stream is kept (until a rolling window drops the oldest)."""
@@ -236,9 +237,9 @@ class LayerCache:
         """Fusion: return every key this call's queries may need, but keep for later calls only the latest window's,
         the only one a later query can see: cross swaps the image at each new image, casa resets image + text."""
         seen = self.window.append(kv)
-        in_latest = seen.win[0] == latest_window
-        if not bool(in_latest.all()):  # this call opened a new window
-            self.window.replace(seen.keep(in_latest))
+        if latest_window != self.window_number:  # this call opened a new window: drop the earlier ones' keys
+            self.window.replace(seen.keep(seen.win[0] == latest_window))
+            self.window_number = latest_window
         return seen
 
 

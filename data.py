@@ -474,6 +474,17 @@ def train_seed(rng):
     return rng.randrange(EVAL_SEED0)
 
 
+def parse_tasks(text):
+    """A --tasks option: "all" (the question tasks) or a comma-separated list, checked against TASKS and video."""
+    if text == "all":
+        return TASKS
+    tasks = tuple(t.strip() for t in text.split(","))
+    unknown = [t for t in tasks if t not in TASKS + (VIDEO_TASK,)]
+    if unknown:
+        raise DataError(f"unknown task {unknown[0]!r} (choose from {', '.join(TASKS + (VIDEO_TASK,))} or all)")
+    return tasks
+
+
 def eval_conversations(n_per_task, size, tasks=TASKS, style="default"):
     """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`)."""
     return [make_conversation(task, EVAL_SEED0 + i, size, style=style) for task in tasks for i in range(n_per_task)]
@@ -714,11 +725,7 @@ class SampleOptions:
         for name, low in (("n", 1), ("image_size", MIN_SIZE), ("questions", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise DataError(f"--{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        every = TASKS + (VIDEO_TASK,)
-        self.task_list = every if self.tasks == "all" else tuple(t.strip() for t in self.tasks.split(","))
-        unknown = [t for t in self.task_list if t not in every]
-        if unknown:
-            raise DataError(f"unknown task {unknown[0]!r} (choose from {', '.join(every)} or all)")
+        self.task_list = TASKS + (VIDEO_TASK,) if self.tasks == "all" else parse_tasks(self.tasks)
 
 
 def _sheet(images, cols=8):

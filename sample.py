@@ -45,10 +45,7 @@ class SampleConfig:
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
 
     def __post_init__(self):
-        check_fields(self, at_least=dict(temperature=0.0, max_new_tokens=1), above=dict(fps=0.0))
-        for name in ("max_text", "top_k"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self, at_least=dict(temperature=0.0, max_new_tokens=1, max_text=1, top_k=1), above=dict(fps=0.0))
         if sum(bool(x) for x in (self.image, self.scene is not None, self.video)) > 1:
             raise ValueError("give one of --image, --scene and --video")
         if (self.srt or self.gif) and not self.video:

@@ -96,16 +96,6 @@ def make_optimizer(model, new_names, cfg, fused):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def task_list(cfg):
-    if cfg.tasks == "all":
-        return data.TASKS
-    tasks = tuple(t.strip() for t in cfg.tasks.split(","))
-    unknown = [t for t in tasks if t not in data.TASKS + (data.VIDEO_TASK,)]
-    if unknown:
-        raise UsageError(f"unknown task {unknown[0]!r}; tasks are {', '.join(data.TASKS + (data.VIDEO_TASK,))}")
-    return tasks
-
-
 class Conversations:
     """Where training and held-out conversations come from: the procedural generator or a folder.
     Training batches are a pure function of (seed, process rank, iteration), which makes resuming exact and gives
@@ -114,7 +104,7 @@ class Conversations:
     def __init__(self, cfg, size):
         self.cfg, self.size, self.dropped = cfg, size, 0
         if cfg.data == "synthetic":
-            self.tasks = task_list(cfg)
+            self.tasks = data.parse_tasks(cfg.tasks)
             self.held_out = data.eval_conversations(cfg.eval_per_task, size, self.tasks)
             # the same questions about scenes drawn differently (data.STYLES): does the model read the images?
             self.shifted = data.eval_conversations(cfg.eval_per_task, size, self.tasks, style="shifted")
