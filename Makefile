@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo paper clean
 
 setup: $(VENV)/.installed
 
@@ -32,5 +32,9 @@ demo: setup
 	@printf "answer:   "
 	@$(PY) sample.py --ckpt=out-demo/ckpt.pt --scene=20261124 --save=out-demo/scene.png --prompt="$(DEMO_QUESTION)"
 
+# The paper's accuracy claims at toy scale (README: Accuracy of the three fusions); resumes if interrupted.
+paper: setup
+	$(PY) bench.py paper
+
 clean:
-	rm -rf $(VENV) out-demo .pytest_cache
+	rm -rf $(VENV) out-demo out-paper .pytest_cache

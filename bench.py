@@ -11,6 +11,10 @@ Measure what the three fusions cost, side by side (untrained weights are fine fo
     python bench.py learn --json results/learn.json --png results/learn.png
         time to accuracy: trains each fusion with train.py (same data, same budget) and reports the iterations,
         training seconds and text tokens until colour, shape, count and position first reach 50, 80 and 90%
+    python bench.py paper              (make paper; --quick: tiny budgets, a minute or two)
+        the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one text-only
+        LM (setting (i)), cross and CASA adapting the frozen insertion VLM (setting (ii)), live captioning; writes
+        results/paper.json, .md, .png and a captioned GIF; every run keeps its folder, so a rerun resumes
 
 Options are --key=value or --key value: each command's own (see --help after the command) and the model options
 of train.py (e.g. --n_embd=256). Every fusion runs in a fresh process, so the peak memory of one does not hide in
@@ -28,11 +32,15 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from PIL import Image, ImageDraw
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
-from common import UsageError, build, check_writable, model_config, parse_options, pick_device, run_script
+from common import (UsageError, build, caption_stream, check_writable, load_checkpoint, load_model, model_config,
+                    parse_options, pick_device, run_script)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -86,9 +94,23 @@ class LearnOptions(BenchOptions):
     at_least = dict(vision_iters=0)
 
 
+@dataclass
+class PaperOptions:
+    out_dir: str = "out-paper"    # every run keeps its folder here (checkpoint, log, eval.json): a rerun resumes
+    quick: bool = False           # tiny models and budgets, a minute or two: checks the pipeline, not the claims
+    jobs: int = 2                 # training runs at once (each on cpu_count / jobs threads)
+    json: str = "results/paper.json"
+    md: str = "results/paper.md"  # the tables
+    png: str = "results/paper.png"  # per-task accuracy bars, a bar per variant, the blind baseline marked
+    gif: str = "results/paper_casa.gif"  # a held-out clip captioned live by the casa model
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(jobs=1))
+
+
 COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
             for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions),
-                                          ("learn", LearnOptions))}
+                              ("learn", LearnOptions), ("paper", PaperOptions))}
 
 
 def model_for(fusion, overrides, device):
@@ -184,7 +206,6 @@ def crossover(results):
 def draw_lines(panels, path, width=900, panel_height=300, ymax=None):
     """Panels stacked top to bottom, drawn with pillow: each (title, {fusion: [(x, y), ...]}), one line a fusion,
     axes from 0 to the largest x and y (or ymax)."""
-    from PIL import Image, ImageDraw
     colors = {"insertion": (214, 39, 40), "cross": (31, 119, 180), "casa": (44, 160, 44)}
     img = Image.new("RGB", (width, panel_height * len(panels)), "white")
     draw = ImageDraw.Draw(img)
@@ -277,7 +298,7 @@ THRESHOLDS = (0.5, 0.8, 0.9)
 
 def run_script_for(script, argv):
     """Run another casa script as a program (scripts are peers: they share no imports). Its errors pass through."""
-    r = subprocess.run([sys.executable, script, *argv], cwd=os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, script, *argv], cwd=HERE)
     if r.returncode:
         raise UsageError(f"{script} {' '.join(argv)} failed (exit {r.returncode})")
 
@@ -333,6 +354,233 @@ def learn_table(results):
     return "\n".join(rows)
 
 
+# ------------------------------------------------------------------------------------------------ paper
+# The paper's comparisons at toy scale (PAPER.md: settings (i) and (ii), Tables 2 and 3, live captioning). Every
+# VLM starts from one text-only LM, which starts from one pretrained vision encoder; variants differ in the fusion
+# only: same data, same budget, same learning rates, same seeds.
+
+COARSE_TASKS, FINE_TASKS = LEARN_TASKS, ("reading", "multi_image")
+VARIANTS = {"insertion": ["--fusion=insertion"], "cross": ["--fusion=cross"],
+            "cross_every2": ["--fusion=cross", "--cross_every=2"], "cross_gate": ["--fusion=cross", "--gate=true"],
+            "cross_shared": ["--fusion=cross", "--share_weights=true"], "casa": ["--fusion=casa"]}
+ADAPTED = ("cross", "casa")  # setting (ii): new layers on the frozen insertion VLM of setting (i), first seed
+SEEDS = (1337, 1338)
+# iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
+BUDGETS = {"full": dict(vision=800, lm=400, vlm=400, adapt=300, video=300, eval_per_task=64, clips=16, frames=8),
+           "quick": dict(vision=2, lm=2, vlm=2, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
+QUICK_MODEL = dict(image_size=32, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2, n_embd=32)
+LEARNING_RATES = ["--lr=6e-3", "--pretrained_lr=1e-3", "--warmup_iters=50"]  # new layers; everything pretrained
+
+
+@dataclass
+class Job:
+    script: str   # pretrain_vision.py or train.py
+    out_dir: str
+    iters: int
+    argv: list
+
+
+def finished(job):
+    path = os.path.join(job.out_dir, "ckpt.pt")
+    return os.path.exists(path) and load_checkpoint(path).get("iter", 0) >= job.iters
+
+
+def run_jobs(jobs, n):
+    """Run the unfinished jobs, n at a time, each in its own process on its share of the cores (output in
+    OUT_DIR/stdout.txt). A job that left a checkpoint resumes from it; a finished one is skipped."""
+    todo, running = [j for j in jobs if not finished(j)], []
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, min(n, len(todo)))))}
+    try:
+        while todo or running:
+            while todo and len(running) < n:
+                job = todo.pop(0)
+                os.makedirs(job.out_dir, exist_ok=True)
+                resume = ["--init_from=resume"] if os.path.exists(os.path.join(job.out_dir, "ckpt.pt")) else []
+                print(f"{'resuming' if resume else 'training'}: {job.script} --out_dir={job.out_dir}", flush=True)
+                out = open(os.path.join(job.out_dir, "stdout.txt"), "a")
+                argv = [sys.executable, job.script, f"--out_dir={job.out_dir}", *job.argv, *resume]
+                running.append((job, out, subprocess.Popen(argv, cwd=HERE, stdout=out, stderr=subprocess.STDOUT,
+                                                           env=env)))
+            time.sleep(0.2)
+            for entry in [r for r in running if r[2].poll() is not None]:
+                running.remove(entry)
+                job, out, proc = entry
+                out.close()
+                if proc.returncode:
+                    raise UsageError(f"{job.script} --out_dir={job.out_dir} failed (exit {proc.returncode}): "
+                                     f"see {os.path.join(job.out_dir, 'stdout.txt')}")
+    finally:  # interrupted or failed: the others stop too, each keeping its last checkpoint
+        for _, out, proc in running:
+            proc.terminate()
+            proc.wait()
+            out.close()
+
+
+def final_eval(job):
+    with open(os.path.join(job.out_dir, "eval.json")) as f:
+        result = json.load(f)
+    return {k: result[k] for k in ("iter", "train_s", "accuracy", "blind_accuracy") if k in result}
+
+
+def summary(accuracy):
+    """The tasks, then the means the paper's tables report: coarse, fine-grained and all tasks."""
+    mean = lambda tasks: sum(accuracy[t] for t in tasks) / len(tasks)
+    return {**accuracy, "coarse": mean(COARSE_TASKS), "fine": mean(FINE_TASKS),
+            "mean": mean(COARSE_TASKS + FINE_TASKS)}
+
+
+def named(caption):
+    """The colours and shapes a caption names: the softer score asks only for these."""
+    return sorted(w for w in caption.split() if w in data.COLORS or w in data.SHAPES)
+
+
+def caption_scores(ckpt_path, n_clips, frames):
+    """Held-out clips streamed through the live-captioning path, frame by frame: exact match and the share of
+    frames whose caption names the right colours and shapes, for the real frames and for blank ones (the blind
+    baseline); milliseconds per frame and the cache after a clip."""
+    model, tok, _ = load_model(ckpt_path, "cpu")
+    size, scores = model.config.image_size, {}
+    gray = Image.new("RGB", (size, size), data.GRAY)
+    for blind in (False, True):
+        hits, soft, seconds = 0, 0, []
+        for i in range(n_clips):
+            clip = data.make_clip(data.EVAL_SEED0 + i, size, frames)
+            shown = [gray if blind else turn.images[0] for turn in clip.turns]
+            for turn, (said, s, cache) in zip(clip.turns, caption_stream(model, tok, shown, "cpu", 24)):
+                hits, soft = hits + (said == turn.answer), soft + (named(said) == named(turn.answer))
+                seconds.append(s)
+        prefix = "blind_" if blind else ""
+        scores.update({f"{prefix}exact": hits / len(seconds), f"{prefix}soft": soft / len(seconds)})
+        if not blind:
+            stats = cache.stats()
+            scores.update(frames=len(seconds), ms_per_frame=1000 * sum(seconds) / len(seconds),
+                          cache_tokens=stats["tokens"], cache_bytes=stats["bytes"])
+    return scores
+
+
+def paper(args, overrides):
+    b = BUDGETS["quick" if args.quick else "full"]
+    overrides = {**(QUICK_MODEL if args.quick else {}), **overrides}
+    small = ["--batch_size=4"] if args.quick else []
+    where = lambda *parts: os.path.join(args.out_dir, *parts)
+    vision = Job("pretrain_vision.py", where("vision"), b["vision"],
+                 [f"--max_iters={b['vision']}", f"--eval_interval={b['vision']}", *small,
+                  *(["--eval_scenes=8"] if args.quick else []), *[f"--{k}={v}" for k, v in overrides.items()]])
+    tasks = f"--tasks={','.join(COARSE_TASKS + FINE_TASKS)}"
+    def vqa(iters, init):
+        return [f"--init_from={init}", tasks, f"--max_iters={iters}", f"--eval_interval={max(1, iters // 2)}",
+                f"--eval_per_task={b['eval_per_task']}", "--progress=false", *LEARNING_RATES, *small]
+    # the LM alone, on the same questions with each image described in words (data.as_text); no fusion layers
+    lm = Job("train.py", where("lm"), b["lm"], [*vqa(b["lm"], where("vision", "ckpt.pt")), "--text_only=true",
+                                                "--fusion=insertion"])
+    lm_ckpt = where("lm", "ckpt.pt")
+    setting_i = {(v, seed): Job("train.py", where("i", f"{v}_s{seed}"), b["vlm"],
+                                [*vqa(b["vlm"], lm_ckpt), *flags, f"--seed={seed}"])
+                 for v, flags in VARIANTS.items() for seed in SEEDS}
+    video = {f: Job("train.py", where("video", f), b["video"],
+                    [*vqa(b["video"], lm_ckpt), f"--fusion={f}", "--tasks=video", f"--frames={b['frames']}",
+                     f"--eval_per_task={b['clips']}", *([] if args.quick else ["--batch_size=8"])]) for f in FUSIONS}
+    source = setting_i[("insertion", SEEDS[0])]
+    adapted = {f: Job("train.py", where("ii", f), b["adapt"],
+                      [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt")), f"--fusion={f}",
+                       "--pretrained_lr=0", f"--seed={SEEDS[0]}"]) for f in ADAPTED}
+    for stage in ([vision], [lm], [*setting_i.values(), *video.values()], [*adapted.values()]):
+        run_jobs(stage, args.jobs)
+
+    results = {"budget": b, "model": overrides, "lm_on_descriptions": final_eval(lm), "setting_i": {},
+               "setting_ii": {}, "captioning": {}}
+    for v in VARIANTS:
+        runs = {seed: final_eval(setting_i[(v, seed)]) for seed in SEEDS}
+        average = lambda key: {t: sum(r[key][t] for r in runs.values()) / len(runs) for t in runs[SEEDS[0]][key]}
+        results["setting_i"][v] = {"mean": summary(average("accuracy")), "blind": summary(average("blind_accuracy")),
+                                   "seeds": {seed: {**r, **summary(r["accuracy"])} for seed, r in runs.items()}}
+    base = summary(final_eval(source)["accuracy"])
+    results["setting_ii"]["insertion"] = {"accuracy": base}
+    for f, job in adapted.items():
+        r = final_eval(job)
+        acc = summary(r["accuracy"])
+        results["setting_ii"][f] = {"accuracy": acc, "blind": summary(r["blind_accuracy"]),
+                                    "drop": {t: base[t] - acc[t] for t in acc}, "train_s": r["train_s"]}
+    for f, job in video.items():
+        path = os.path.join(job.out_dir, "captions.json")
+        if not os.path.exists(path):  # scored once; a second invocation only re-draws
+            with open(path, "w") as out:
+                json.dump(caption_scores(os.path.join(job.out_dir, "ckpt.pt"), b["clips"], b["frames"]), out)
+        with open(path) as f_in:
+            results["captioning"][f] = {**json.load(f_in), "train_s": final_eval(job)["train_s"]}
+    if args.gif:  # a held-out clip (seed EVAL_SEED0), captioned by casa through sample.py itself
+        run_script_for("sample.py", [f"--ckpt={os.path.join(video['casa'].out_dir, 'ckpt.pt')}",
+                                     f"--video=synthetic:{data.EVAL_SEED0}", f"--gif={args.gif}"])
+    return results
+
+
+def percent(x):
+    return f"{100 * x:.1f}"
+
+
+def paper_tables(r):
+    """Markdown: setting (i) in the shape of the paper's Table 2, setting (ii) as its Table 3, live captioning."""
+    columns = [*COARSE_TASKS, *FINE_TASKS, "coarse", "fine", "mean"]
+    head = lambda *names: ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
+    lines = ["### Setting (i): from a text-only LM (mean of seeds " + " and ".join(map(str, SEEDS))
+             + "; each seed in brackets)", "", *head("variant", *columns)]
+    for v, row in r["setting_i"].items():
+        cells = [f"{percent(row['mean'][c])} ({' / '.join(percent(s[c]) for s in row['seeds'].values())})"
+                 for c in columns]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append(f"| {v}, blind | " + " | ".join(percent(row["blind"][c]) for c in columns) + " |")
+    lm = summary(r["lm_on_descriptions"]["accuracy"])
+    lines.append("| text-only LM, reading descriptions | " + " | ".join(percent(lm[c]) for c in columns) + " |")
+    lines += ["", "### Setting (ii): adapting the frozen insertion VLM (seed " + str(SEEDS[0]) + ")", ""]
+    lines += head("model", *columns, "drop (points, mean)")
+    for name, row in r["setting_ii"].items():
+        drop = f"{100 * row['drop']['mean']:.1f}" if "drop" in row else "-"
+        label = "insertion (the source)" if name == "insertion" else f"{name}, adapted"
+        lines.append(f"| {label} | " + " | ".join(percent(row["accuracy"][c]) for c in columns) + f" | {drop} |")
+    lines += ["", f"### Live captioning ({r['budget']['clips']} held-out clips of {r['budget']['frames']} frames, "
+              "one persistent cache)", "",
+              *head("fusion", "exact", "names colours and shapes", "blind exact", "blind names", "ms / frame",
+                    "cached tokens after a clip", "cache KiB")]
+    for f, c in r["captioning"].items():
+        lines.append(f"| {f} | {percent(c['exact'])} | {percent(c['soft'])} | {percent(c['blind_exact'])} | "
+                     f"{percent(c['blind_soft'])} | {c['ms_per_frame']:.1f} | {c['cache_tokens']} | "
+                     f"{c['cache_bytes'] / 1024:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_bars(r, path, group_width=150, height=420):
+    """Accuracy per task (and the means), a group per task, a bar per variant; a black line marks the best blind
+    baseline of the group."""
+    groups = [*COARSE_TASKS, *FINE_TASKS, "mean"]
+    series = {v: row["mean"] for v, row in r["setting_i"].items()}
+    series.update({f"{f} (ii)": row["accuracy"] for f, row in r["setting_ii"].items() if f != "insertion"})
+    blind = {g: max(row["blind"][g] for row in r["setting_i"].values()) for g in groups}
+    palette = [(214, 39, 40), (31, 119, 180), (120, 170, 220), (23, 190, 207), (148, 103, 189), (44, 160, 44),
+               (255, 127, 14), (152, 223, 138)]
+    left, top, h = 60, 40, height - 120
+    img = Image.new("RGB", (left + group_width * len(groups) + 20, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 10), "accuracy per task (setting (i): mean of two seeds; (ii): adapted frozen insertion); "
+              "black line: blind baseline", fill="black")
+    for y in (0, 0.5, 1.0):
+        draw.text((10, top + h - h * y - 6), f"{y:.0%}", fill="black")
+        draw.line([left, top + h - h * y, img.width - 20, top + h - h * y], fill=(220, 220, 220))
+    bar = (group_width - 20) / len(series)
+    for g, task in enumerate(groups):
+        x0 = left + g * group_width + 10
+        for i, (name, acc) in enumerate(series.items()):
+            draw.rectangle([x0 + i * bar, top + h - h * acc[task], x0 + (i + 1) * bar - 2, top + h],
+                           fill=palette[i % len(palette)])
+        y = top + h - h * blind[task]
+        draw.line([x0 - 4, y, x0 + len(series) * bar + 2, y], fill="black", width=3)
+        draw.text((x0, top + h + 6), task, fill="black")
+    for i, name in enumerate(series):
+        x, y = left + (i % 4) * 230, top + h + 30 + 18 * (i // 4)
+        draw.rectangle([x, y, x + 12, y + 12], fill=palette[i % len(palette)])
+        draw.text((x + 18, y), name, fill="black")
+    img.save(path)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -352,7 +600,7 @@ def main(argv):
     command, (options, overrides) = parse_options(argv, None, __doc__, COMMANDS)
     args = build(dict(COMMANDS[command])[f"{command} options"], options)
     model_config(overrides, data.Tokenizer())  # refuse bad model options here, not in a worker
-    for option in ("json", "png"):
+    for option in ("json", "png", "md", "gif"):
         check_writable(getattr(args, option, ""), option)
     device = pick_device(getattr(args, "device", "cpu"))
     if command == "table":
@@ -373,6 +621,18 @@ def main(argv):
                         for title, key in (("time to first token (ms)", "ttft_ms"), ("cached tokens", "kv_tokens"))],
                        args.png)
         results = {"machine": machine(device), "options": asdict(args), "casa_faster_from_turn": turn, **results}
+    elif command == "paper":
+        start = time.time()
+        results = paper(args, overrides)
+        tables = paper_tables(results)
+        print(tables)
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(tables)
+        if args.png:
+            draw_bars(results, args.png)
+        results = {"machine": machine(device), "options": asdict(args), "wall_s_this_invocation": time.time() - start,
+                   **results}
     elif command == "learn":
         results = learn(args, overrides)
         print(learn_table(results))

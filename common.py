@@ -6,6 +6,7 @@ common.py: what every casa script stands on, so that the scripts are peers and n
     pick_device, pick_dtype       device and precision
     save_checkpoint, load_checkpoint, load_model, build_model    checkpoints: atomic writes, checked reads
     lock_out_dir, check_writable  refuse a busy out_dir or an output path that cannot be written, before the work
+    caption_stream                live captioning: frames through one persistent cache
 """
 import difflib
 import fcntl
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import types
 from dataclasses import fields
 
@@ -349,3 +351,20 @@ def load_model(path, device):
     model, tok = build_model(ckpt, path)
     load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), tok, ckpt
+
+
+@torch.no_grad()
+def caption_stream(model, tok, frames, device, max_new_tokens=60, max_text=None, **sampling):
+    """Live captioning (sample.py --video, bench.py paper): the frames go through one persistent cache, each one
+    encoded and appended after its marker; the model writes a caption until its stop token, and that stop token
+    stays in the cache as the frame's boundary. Yields (caption, seconds for the frame, the cache) per frame.
+    sampling: temperature, top_k, generator (as for VLM.generate)."""
+    cache = model.new_cache(max_text=max_text)
+    marker, stop = torch.tensor([[tok.image_id]], device=device), torch.tensor([[tok.eos_id]], device=device)
+    for frame in frames:
+        start = time.perf_counter()
+        out = model.generate(marker, data.to_tensor(frame)[None].to(device), max_new_tokens, stop_token=tok.eos_id,
+                             cache=cache, **sampling)
+        if out[0, -1] != tok.eos_id:  # cut off by max_new_tokens: still close the frame in the cache
+            model(stop, cache=cache)
+        yield tok.decode([i for i in out[0].tolist() if i != tok.eos_id]), time.perf_counter() - start, cache

@@ -376,13 +376,13 @@ MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
 FOLLOW_UP_QUESTIONS = MULTI_IMAGE_QUESTIONS + ("relation",)
 
 
-def make_conversation(task, seed, size=64, questions=1, style="default"):
-    """A conversation for one of TASKS (or VIDEO_TASK, see make_clip); deterministic for (task, seed, size,
-    questions). multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only.
+def make_conversation(task, seed, size=64, questions=1, style="default", frames=None):
+    """A conversation for one of TASKS (or VIDEO_TASK: make_clip, of `frames` frames); deterministic for (task,
+    seed, size, questions). multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only.
     questions > 1 (training): a single-scene question task goes on with 1 to questions - 1 follow-up questions of
     random kinds about the same scene, so every image the encoder sees teaches it several answers."""
     if task == VIDEO_TASK:
-        return make_clip(seed, size)
+        return make_clip(seed, size, frames)
     if task not in TASKS:
         raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS + (VIDEO_TASK,))})")
     rng = random.Random(f"{task}:{seed}")  # str seeds hash with sha512: stable across runs and machines
@@ -464,6 +464,27 @@ def make_clip(seed, size=64, n_frames=None):
     return Conversation(VIDEO_TASK, turns, scenes)
 
 
+def describe(scene):
+    """A scene in words, everything its questions ask about: "a big red circle at the top left and cat is
+    written." (objects left to right, then the text)."""
+    size = scene["size"]
+    parts = [f"a {o['size']} {o['color']} {o['shape']} at the {_cell(o, size)}"
+             for o in sorted(scene["objects"], key=lambda o: o["x"])]
+    return _list(parts + ([f"{scene['text']} is written"] if "text" in scene else [])) + "."
+
+
+def as_text(conv):
+    """The conversation for a text-only language model: each image replaced by its description in words, put
+    before the turn's question (train.py --text_only pretrains the LM alone on these)."""
+    if conv.task == VIDEO_TASK or len(conv.scenes) != sum(len(t.images) for t in conv.turns):
+        raise DataError(f"a {conv.task!r} conversation has no scene description for every image")
+    scenes, turns = iter(conv.scenes), []
+    for turn in conv.turns:
+        words = [describe(next(scenes)) for _ in turn.images]
+        turns.append(Turn([], " ".join(words + [turn.question]), turn.answer))
+    return Conversation(conv.task, turns, conv.scenes)
+
+
 # -----------------------------------------------------------------------------
 # seeds: training and held-out conversations never share a seed
 
@@ -485,14 +506,15 @@ def parse_tasks(text):
     return tasks
 
 
-def eval_conversations(n_per_task, size, tasks=TASKS, style="default"):
+def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=None):
     """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`)."""
-    return [make_conversation(task, EVAL_SEED0 + i, size, style=style) for task in tasks for i in range(n_per_task)]
+    return [make_conversation(task, EVAL_SEED0 + i, size, style=style, frames=frames)
+            for task in tasks for i in range(n_per_task)]
 
 
-def sample_conversations(rng, n, size, tasks=TASKS, questions=1):
-    """n fresh training conversations, each of a uniformly drawn task (see make_conversation for questions)."""
-    return [make_conversation(rng.choice(tasks), train_seed(rng), size, questions) for _ in range(n)]
+def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None):
+    """n fresh training conversations, each of a uniformly drawn task (see make_conversation: questions, frames)."""
+    return [make_conversation(rng.choice(tasks), train_seed(rng), size, questions, frames=frames) for _ in range(n)]
 
 
 # -----------------------------------------------------------------------------

@@ -14,14 +14,14 @@ own turn and the model's earlier answers stay in the context.
 frame is encoded and appended, the model writes a caption until its stop token, and that stop token stays in the
 cache as the frame's boundary. One line per frame: time in the video, latency of the frame, caption.
 """
-import time
 from dataclasses import dataclass, field
 
 import torch
 
 import data
 from casa import check_fields
-from common import UsageError, build, check_writable, load_model, parse_options, pick_device, run_script
+from common import (UsageError, build, caption_stream, check_writable, load_model, parse_options, pick_device,
+                    run_script)
 
 MAX_PROMPT_CHARS = 200  # the training questions are far shorter; longer prompts only produce noise
 
@@ -103,18 +103,12 @@ def stream_video(args, model, tok, device, generator):
         times = [i / args.fps for i in range(len(frames))]
     else:
         frames, times = data.load_video(args.video, size, args.fps)
-    cache = model.new_cache(max_text=args.max_text)
-    marker, stop = torch.tensor([[tok.image_id]], device=device), torch.tensor([[tok.eos_id]], device=device)
     captions = []
-    for frame, t in zip(frames, times):
-        start = time.perf_counter()
-        out = model.generate(marker, data.to_tensor(frame)[None].to(device), args.max_new_tokens, args.temperature,
-                             args.top_k, stop_token=tok.eos_id, cache=cache, generator=generator)
-        if out[0, -1] != tok.eos_id:  # cut off by max_new_tokens: still close the frame in the cache
-            model(stop, cache=cache)
-        latency = time.perf_counter() - start
-        captions.append(tok.decode([i for i in out[0].tolist() if i != tok.eos_id]))
-        print(f"{t:8.2f}s {1000 * latency:7.1f} ms  {captions[-1]}", flush=True)
+    stream = caption_stream(model, tok, frames, device, args.max_new_tokens, args.max_text,
+                            temperature=args.temperature, top_k=args.top_k, generator=generator)
+    for t, (caption, seconds, _) in zip(times, stream):
+        captions.append(caption)
+        print(f"{t:8.2f}s {1000 * seconds:7.1f} ms  {caption}", flush=True)
     ends = times[1:] + [times[-1] + 1 / args.fps]
     if args.srt:
         write_srt(args.srt, times, ends, captions)

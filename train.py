@@ -5,6 +5,7 @@ Train a tiny vision-language model (see casa.py) on procedural scenes, or on you
     python train.py --fusion=insertion --out_dir=out-insertion
     python train.py --init_from=out-vision/ckpt.pt  # on a vision encoder from pretrain_vision.py
     python train.py --init_from=out-insertion/ckpt.pt --fusion=casa --pretrained_lr=0   # adapt a frozen VLM
+    python train.py --init_from=out-vision/ckpt.pt --text_only --out_dir=out-lm   # the LM alone, on scenes in words
     python train.py --init_from=resume --out_dir=out  # carry on exactly where a run stopped
     torchrun --standalone --nproc_per_node=2 train.py --device=cpu   # DDP (gloo on CPU, nccl on GPUs)
     python train.py --help                            # every option and its default
@@ -37,6 +38,8 @@ class TrainConfig:
     data: str = "synthetic"     # synthetic | a folder holding data.jsonl and its images
     tasks: str = "all"          # synthetic tasks to train on, comma-separated (see data.TASKS, data.VIDEO_TASK)
     questions: int = 4          # synthetic: up to this many questions about each single-scene image (eval asks 1)
+    frames: int | None = None   # video: frames per clip (default: 8 to 64, drawn per clip)
+    text_only: bool = False     # pretrain the language model alone: each image replaced by its description in words
     # optimisation
     batch_size: int = 32
     grad_accum: int = 1         # micro-batches per step, per process: tokens per step = batch * accum * processes
@@ -61,8 +64,8 @@ class TrainConfig:
 
     def __post_init__(self):  # nonsense is refused before anything trains (NaN or negative rates, zero sizes)
         check_fields(self, at_least=dict(batch_size=1, grad_accum=1, max_iters=1, eval_interval=1, eval_per_task=1,
-                                         questions=1, lr=0.0, vision_lr=0.0, pretrained_lr=0.0, min_lr_ratio=0.0,
-                                         warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
+                                         questions=1, frames=1, lr=0.0, vision_lr=0.0, pretrained_lr=0.0,
+                                         min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
 
@@ -105,9 +108,15 @@ class Conversations:
         self.cfg, self.size, self.dropped = cfg, size, 0
         if cfg.data == "synthetic":
             self.tasks = data.parse_tasks(cfg.tasks)
-            self.held_out = data.eval_conversations(cfg.eval_per_task, size, self.tasks)
+            if cfg.text_only and data.VIDEO_TASK in self.tasks:
+                raise UsageError("--text_only describes scenes in words: it has no words for a video's frames")
+            self.held_out = self.as_text(data.eval_conversations(cfg.eval_per_task, size, self.tasks,
+                                                                 frames=cfg.frames))
             # the same questions about scenes drawn differently (data.STYLES): does the model read the images?
-            self.shifted = data.eval_conversations(cfg.eval_per_task, size, self.tasks, style="shifted")
+            self.shifted = [] if cfg.text_only else data.eval_conversations(cfg.eval_per_task, size, self.tasks,
+                                                                            style="shifted", frames=cfg.frames)
+        elif cfg.text_only:
+            raise UsageError("--text_only needs the synthetic data: a folder's images come without descriptions")
         else:
             convs = data.load_folder(cfg.data, size)
             if len(convs) < 10:
@@ -126,8 +135,12 @@ class Conversations:
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
         if self.cfg.data == "synthetic":  # one task per batch: similar lengths, so little padding to compute on
             task = rng.choice(self.tasks)
-            return data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,), self.cfg.questions)
+            return self.as_text(data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,),
+                                                          self.cfg.questions, self.cfg.frames))
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
+
+    def as_text(self, convs):
+        return [data.as_text(c) for c in convs] if self.cfg.text_only else convs
 
 
 def fingerprint(conv):

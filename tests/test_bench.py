@@ -3,8 +3,10 @@ for bad options, checked in the main process before any worker starts or any out
 import json
 
 import pytest
+import torch
 from PIL import Image
 
+import bench
 import casa
 from conftest import MODEL, ok, one_clean_line, run, run_preloaded
 
@@ -108,3 +110,77 @@ def test_learn_smoke_run_writes_curves_thresholds_and_png(tmp_path):
         assert all(set(levels) == {"50%", "80%", "90%"} for levels in res["reached"].values())
     assert (tmp_path / "learn" / "vision" / "ckpt.pt").exists()  # one encoder, shared by both fusions
     assert Image.open(tmp_path / "l.png").size == (900, 4 * 300)
+
+
+# ------------------------------------------------------------------------------------------------ paper
+
+@pytest.fixture(scope="module")
+def quick_paper(tmp_path_factory):
+    """`bench.py paper --quick` once: its run folders and its four outputs."""
+    out = tmp_path_factory.mktemp("paper")
+    outputs = {kind: out / f"paper.{kind}" for kind in ("json", "md", "png", "gif")}
+    argv = ["paper", "--quick", f"--out_dir={out / 'runs'}", *(f"--{k}={p}" for k, p in outputs.items())]
+    first = ok(run("bench.py", *argv))
+    return out / "runs", outputs, argv, first
+
+
+def test_paper_quick_writes_every_table_key(quick_paper):
+    runs, outputs, _, first = quick_paper
+    r = json.loads(outputs["json"].read_text())
+    assert {"machine", "options", "budget", "lm_on_descriptions", "setting_i", "setting_ii", "captioning"} <= set(r)
+    columns = {*bench.COARSE_TASKS, *bench.FINE_TASKS, "coarse", "fine", "mean"}
+    assert set(r["setting_i"]) == set(bench.VARIANTS)
+    for row in r["setting_i"].values():
+        assert set(row["mean"]) == columns and set(row["blind"]) == columns
+        assert set(row["seeds"]) == {str(s) for s in bench.SEEDS}
+        assert all(columns <= set(seed) for seed in row["seeds"].values())
+    assert set(r["setting_ii"]) == {"insertion", *bench.ADAPTED}
+    for f in bench.ADAPTED:
+        assert set(r["setting_ii"][f]["drop"]) == columns
+    assert set(r["captioning"]) == set(casa.FUSIONS)
+    for c in r["captioning"].values():
+        assert {"exact", "soft", "blind_exact", "blind_soft", "ms_per_frame", "cache_tokens", "cache_bytes"} <= set(c)
+        assert 0 <= c["exact"] <= c["soft"] <= 1  # an exact caption names the right colours and shapes too
+    assert r["captioning"]["insertion"]["cache_tokens"] > r["captioning"]["cross"]["cache_tokens"]
+    md = outputs["md"].read_text()
+    assert all(h in md for h in ("### Setting (i)", "### Setting (ii)", "### Live captioning"))
+    assert all(f"| {v} |" in md for v in bench.VARIANTS)
+    assert Image.open(outputs["png"]).size[0] > 600
+    assert Image.open(outputs["gif"]).n_frames >= 8  # a held-out clip has 8 to 64 frames
+    assert first.stdout.count("training: train.py") == 1 + 2 * len(bench.VARIANTS) + 3 + len(bench.ADAPTED)
+
+
+def test_paper_second_invocation_only_redraws(quick_paper):
+    runs, outputs, argv, _ = quick_paper
+    ckpts = sorted(runs.rglob("ckpt.pt"))
+    stamps = [p.stat().st_mtime_ns for p in ckpts]
+    before = json.loads(outputs["json"].read_text())
+    outputs["md"].unlink()
+    again = ok(run("bench.py", *argv))
+    assert "training:" not in again.stdout and "resuming:" not in again.stdout
+    assert [p.stat().st_mtime_ns for p in ckpts] == stamps
+    after = json.loads(outputs["json"].read_text())
+    assert after["setting_i"] == before["setting_i"] and after["captioning"] == before["captioning"]
+    assert outputs["md"].exists()
+
+
+def test_paper_lm_starts_every_vlm_and_adapting_keeps_the_frozen_weights(quick_paper):
+    runs = quick_paper[0]
+    vision, lm = load(runs / "vision" / "ckpt.pt"), load(runs / "lm" / "ckpt.pt")
+    assert lm["train_config"]["text_only"] and lm["model_config"]["fusion"] == "insertion"
+    # the text-only LM passed the pretrained encoder through untouched: it never saw an image
+    assert all(torch.equal(t, lm["model"][name]) for name, t in vision["model"].items() if name.startswith("vision."))
+    # a VLM of setting (i) starts with exactly the LM's weights (fusion layers: copies of self-attention)
+    cfg = dict(lm["model_config"], fusion="casa")
+    model = casa.VLM(casa.VLMConfig(**cfg))
+    new = model.load_pretrained(lm["model"])
+    own = model.state_dict()
+    assert all(torch.equal(t, own[name]) for name, t in lm["model"].items())
+    assert new and all(".cross." in name or ".norm2." in name for name in new)
+    # setting (ii): after training, every weight the adapted model shares with its insertion source is bit-identical
+    source = load(runs / "i" / f"insertion_s{bench.SEEDS[0]}" / "ckpt.pt")["model"]
+    for f in bench.ADAPTED:
+        adapted = load(runs / "ii" / f / "ckpt.pt")
+        assert all(torch.equal(t, adapted["model"][name]) for name, t in source.items())
+        trained = [name for name in adapted["model"] if name not in source]
+        assert trained and all(".cross." in name or ".norm2." in name for name in trained)

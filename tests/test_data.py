@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import (  # noqa: E402
     ALPHABET, COLORS, EVAL_SEED0, PIECE, SHAPES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
-    collate, draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
+    _cell, as_text, collate, describe, draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
     main, make_conversation, object_labels, patch_objects, render_scene, sample_conversations, to_tensor, train_seed,
 )
 
@@ -226,6 +226,31 @@ def test_answers_match_scenes(task):
             if m:  # the pixel at the centre of the object shows the answer colour
                 (o,) = [o for o in scene["objects"] if o["shape"] == m[1]]
                 assert nearest_color(turn.images[0].getpixel((o["x"], o["y"]))) == turn.answer
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_as_text_describes_every_image_before_its_question(task):
+    """The text-only LM's data: the same turns, each image replaced by its scene in words."""
+    tok = Tokenizer()
+    for seed in range(10):
+        conv = make_conversation(task, seed, questions=3)
+        text = as_text(conv)
+        assert [t.answer for t in text.turns] == [t.answer for t in conv.turns]
+        scenes = iter(conv.scenes)
+        for turn, original in zip(text.turns, conv.turns):
+            assert turn.images == []
+            if not original.images:
+                assert turn.question == original.question
+                continue
+            scene = next(scenes)
+            words = describe(scene)
+            assert turn.question == f"{words} {original.question}"
+            for o in scene["objects"]:
+                assert f"a {o['size']} {o['color']} {o['shape']} at the {_cell(o, scene['size'])}" in words
+            assert ("text" in scene) == (" is written." in words)
+            tok.encode(turn.question)  # every character is in the tokenizer's alphabet
+    with pytest.raises(DataError, match="no scene description"):
+        as_text(make_clip(1, n_frames=2))
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -523,3 +523,20 @@ def test_training_from_a_folder(runs):
     assert len(source.held_out) + source.dropped == 2 and len(source.train) == 28
     answers = {c.turns[0].answer for it in range(5) for c in source.batch(it, 0, 0)}
     assert answers <= {f"image {i}" for i in range(20)} and len(answers) > 1
+
+
+def test_text_only_batches_hold_no_image():
+    cfg = train.TrainConfig(batch_size=6, eval_per_task=2, text_only=True, tasks="color,reading,multi_image")
+    source = train.Conversations(cfg, 32)
+    tok = data.Tokenizer()
+    for it in range(6):
+        batch = data.collate(source.batch(it, 0, 0), tok, 32)
+        assert batch.images.shape[0] == 0 and not (batch.idx == tok.image_id).any()
+    assert source.shifted == [] and all(not t.images for c in source.held_out for t in c.turns)
+    with pytest.raises(UsageError, match="no words for a video"):
+        train.Conversations(train.TrainConfig(text_only=True, tasks="color,video"), 32)
+
+
+def test_frames_sets_the_length_of_every_clip():
+    source = train.Conversations(train.TrainConfig(batch_size=3, eval_per_task=2, tasks="video", frames=5), 32)
+    assert all(len(c.turns) == 5 for c in source.batch(0, 0, 0) + source.held_out)
