@@ -407,6 +407,13 @@ class VisionEncoder(nn.Module):
 # The vision-language model
 
 
+def stream_slots(is_image, n):
+    """Insertion's layout: where each token of idx goes in the stream once every image marker is preceded by its
+    image's n tokens. is_image (B, T) bool -> (B, T) long: a token moves n slots later per marker up to and including
+    itself, so a marker lands right after its own image's tokens (exercise 3)."""
+    return (is_image.long() * n).cumsum(1) + torch.arange(is_image.size(1), device=is_image.device)
+
+
 class KVCache:
     """What generation keeps between calls: a LayerCache per LM block, and where the stream stands (`pos`: the next
     token's position; `window`: how many images it has seen). With max_text, a rolling window keeps only the latest
@@ -542,7 +549,7 @@ class VLM(nn.Module):
         images are right-padded; padding sits at position FAR_AWAY, so no real token ever sees it."""
         B, T, C = x.shape
         N = self.config.n_image_tokens
-        text_at = (is_image.long() * N).cumsum(1) + torch.arange(T, device=x.device)  # (B, T) slot in the stream
+        text_at = stream_slots(is_image, N)  # (B, T) slot of each text token in the stream
         length = text_at[:, -1] + 1  # (B,)
         L = int(length.max())
         stream = x.new_zeros(B, L, C)
@@ -641,13 +648,7 @@ def split_windows(h, s, n):
     Returns the regrouped h (G, L, C) and Stream, and (group, slot), each (B, T), to gather results back."""
     B, T, C = h.shape
     first = s.win[:, :1]
-    W = int((s.win - first).max()) + 1  # windows per row
-    rows = torch.arange(B, device=h.device)[:, None]
-    group = rows * W + (s.win - first)  # (B, T) the row each token moves to
-    t = torch.arange(T, device=h.device).expand(B, T)
-    opens = torch.ones_like(s.win, dtype=torch.bool)
-    opens[:, 1:] = s.win[:, 1:] != s.win[:, :-1]
-    slot = t - torch.where(opens, t, 0).cummax(1).values  # (B, T) index inside its window
+    group, slot, W = group_by_window(s.win)
     G, L = B * W, int(slot.max()) + 1
     h_w, pos_w = h.new_zeros(G, L, C), s.pos.new_zeros(G, L)
     win_w = torch.full_like(pos_w, PADDING_WINDOW)  # a window of its own that no real query or key belongs to
@@ -661,3 +662,19 @@ def split_windows(h, s, n):
     images[g] = s.image_tokens.view(B, M, n, C)[b, j]
     image_pos[g], image_win[g] = s.image_pos[b, j * n, None], s.image_win[b, j * n, None]
     return h_w, Stream(pos_w, win_w, images, image_pos, image_win), (group, slot)
+
+
+def group_by_window(win):
+    """Which row each token moves to when every window becomes a row of its own, and its place in that row.
+    win (B, T), non-decreasing along each row -> group (B, T) = row * W + (window - the row's first window),
+    slot (B, T) = index of the token inside its window (0 at each window's first token), and W, windows per row
+    (exercise 5)."""
+    B, T = win.shape
+    first = win[:, :1]
+    W = int((win - first).max()) + 1
+    group = torch.arange(B, device=win.device)[:, None] * W + (win - first)
+    t = torch.arange(T, device=win.device).expand(B, T)
+    opens = torch.ones_like(win, dtype=torch.bool)
+    opens[:, 1:] = win[:, 1:] != win[:, :-1]
+    slot = t - torch.where(opens, t, 0).cummax(1).values  # distance to the latest window opening
+    return group, slot, W

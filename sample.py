@@ -14,10 +14,12 @@ own turn and the model's earlier answers stay in the context.
 frame is encoded and appended, the model writes a caption until its stop token, and that stop token stays in the
 cache as the frame's boundary. One line per frame: time in the video, latency of the frame, caption.
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+import casa
 import data
 from casa import check_fields
 from common import (UsageError, build, caption_stream, check_writable, load_model, parse_options, pick_device,
@@ -38,6 +40,7 @@ class SampleConfig:
     srt: str = ""               # with --video: write the captions as subtitles
     gif: str = ""               # with --video: write the clip with each frame's caption under it
     max_text: int | None = None  # with --video: keep only the latest N text tokens in the cache (bounded memory)
+    attention_png: str = ""     # with one question: draw which patches of its (last) image the answer looked at
     temperature: float = 0.0    # 0 = greedy
     top_k: int | None = None    # sample only from the k most likely tokens
     max_new_tokens: int = 60
@@ -52,6 +55,8 @@ class SampleConfig:
             raise ValueError("--srt and --gif go with --video")
         if self.save and self.scene is None:
             raise ValueError("--save goes with --scene")
+        if self.attention_png and (self.video or len(self.prompt) > 1):
+            raise ValueError("--attention_png goes with one question about --image or --scene")
 
 
 def prompt_ids(tok, n_images, prompt):
@@ -63,7 +68,7 @@ def prompt_ids(tok, n_images, prompt):
 def main(argv):
     _, (options,) = parse_options(argv, [("options", SampleConfig)], __doc__)
     args = build(SampleConfig, options)
-    for option in ("save", "srt", "gif"):  # before any work: a clip must not stream for nothing
+    for option in ("save", "srt", "gif", "attention_png"):  # before any work: a clip must not stream for nothing
         check_writable(getattr(args, option), option)
     device = pick_device(args.device)
     model, tok, _ = load_model(args.ckpt, device)
@@ -81,6 +86,8 @@ def main(argv):
     prompts = args.prompt or ["describe the image."]
     if len(prompts) > 1 and len(prompts) != len(images):
         raise UsageError(f"{len(prompts)} prompts for {len(images)} images: give one prompt, or one per image")
+    if args.attention_png and not images:
+        raise UsageError("--attention_png needs an image: give --image or --scene")
     turns = [(images, prompts[0])] if len(prompts) == 1 else [([im], pr) for im, pr in zip(images, prompts)]
 
     cache = model.new_cache()
@@ -91,6 +98,94 @@ def main(argv):
                              cache=cache, generator=generator)
         answer = [t for t in out[0].tolist() if t != tok.eos_id]
         print(tok.decode(answer))
+    if args.attention_png:
+        panels = answer_attention(model, idx, pixels, answer)
+        draw_attention(args.attention_png, images[-1], panels, f"Q: {prompts[0]}   A: {tok.decode(answer)}",
+                       model.config.fusion)
+
+
+# ------------------------------------------------------------------------------------------------ attention maps
+
+
+def attention_weights(layer, x, kv, mask, pos, rotate):
+    """The softmax weights (B, H, Tq, Tk) that casa.attend applies, recomputed from one Attention call's inputs."""
+    q = layer.heads(layer.q_proj(x))
+    if rotate:
+        q = casa.rope(q, pos, layer.rope_base)
+    scores = q @ kv.k.transpose(-1, -2) / math.sqrt(q.size(-1))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1).nan_to_num(0.0)  # a query that sees nothing gets no weight
+
+
+@torch.no_grad()
+def answer_attention(model, idx, pixels, answer):
+    """Per layer that looks at images (every layer under insertion, the fusion layers under cross and casa): the
+    attention the queries that wrote the answer gave each patch of the last image, averaged over those queries and
+    the heads, (N,); and the share of their attention the image got in all: (label, weights, share) per layer. One uncached pass over prompt + answer,
+    through the dense masks (the same attention as the cache's, tested)."""
+    c, N = model.config, model.config.n_image_tokens
+    seq = torch.cat([idx, torch.tensor([answer], device=idx.device, dtype=idx.dtype)], 1)
+    is_image = seq == c.image_token_id
+    queries = torch.arange(idx.size(1) - 1, seq.size(1) - 1, device=idx.device)  # each wrote the token after it
+    if c.fusion == "insertion":  # image tokens are stream tokens: the N slots before the last marker
+        slots = casa.stream_slots(is_image, N)[0]
+        queries, first_key = slots[queries], int(slots[is_image[0].nonzero()[-1]]) - N
+        blocks = list(enumerate(model.blocks))
+        layers = [block.attn for _, block in blocks]
+    else:  # fusion keys: the images first (N each, in order), then (casa) the text
+        first_key = (int(is_image.sum()) - 1) * N
+        blocks = [(i, block) for i, block in enumerate(model.blocks) if block.fusion]
+        layers = [block.attn if block.share_weights else block.cross for _, block in blocks]
+    calls = {id(layer): [] for layer in layers}
+    def record(layer):
+        def forward(x, kv, mask=None, pos=None, rotate=False):
+            calls[id(layer)].append(attention_weights(layer, x, kv, mask, pos, rotate))
+            return type(layer).forward(layer, x, kv, mask, pos, rotate)
+        return forward
+    dense = [block.block_wise for block in model.blocks]
+    try:
+        for layer in layers:
+            layer.forward = record(layer)
+        for block in model.blocks:
+            block.block_wise = False
+        model(seq, pixels)
+    finally:
+        for layer in layers:
+            del layer.forward
+        for block, was in zip(model.blocks, dense):
+            block.block_wise = was
+    panels = []
+    for (i, _), layer in zip(blocks, layers):  # a shared-weights fusion layer: its block's self-attention, 2nd call
+        w = calls[id(layer)][-1][0].mean(0)[queries]  # (answer queries, keys)
+        image = w[:, first_key:first_key + N]
+        panels.append((f"block {i}", image.mean(0), float(image.sum(1).mean())))
+    return panels
+
+
+def draw_attention(path, image, panels, title, fusion, size=256, pad=16):
+    """One panel per layer: the image enlarged, each patch as bright as the attention it got (the panel's most
+    looked-at patch at full brightness, patches it ignored dark), and the image's share of all that layer's
+    attention under it. The picture is (pad + n * (size + pad)) x (size + 110) pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+    font, small = ImageFont.load_default(size=18), ImageFont.load_default(size=15)
+    g = int(len(panels[0][1]) ** 0.5)
+    canvas = Image.new("RGB", (pad + len(panels) * (size + pad), size + 110), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 8), title, fill="black", font=font)
+    draw.text((pad, 34), f"{fusion}: where the answer's tokens looked (bright: most attention; dark: none)",
+              fill=(80, 80, 80), font=small)
+    base = image.convert("RGB").resize((size, size), Image.Resampling.NEAREST)
+    black = Image.new("RGB", (size, size))
+    for i, (label, weights, share) in enumerate(panels):
+        heat = (weights / weights.max().clamp_min(1e-9)).view(1, 1, g, g)
+        light = torch.nn.functional.interpolate(heat, size=(size, size), mode="nearest")[0, 0]
+        mask = Image.fromarray((40 + 215 * light.clamp(0, 1)).byte().cpu().numpy(), "L")
+        x = pad + i * (size + pad)
+        canvas.paste(Image.composite(base, black, mask), (x, 60))
+        draw.text((x, size + 68), label, fill="black", font=font)
+        draw.text((x, size + 90), f"{share:.0%} of its attention on the image", fill=(80, 80, 80), font=small)
+    canvas.save(path)
 
 
 def stream_video(args, model, tok, device, generator):

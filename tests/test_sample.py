@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 import data
+import sample
+from casa import VLM, Attention, VLMConfig, attend, rope
 from conftest import MODEL, load, ok, one_clean_line, run, run_preloaded
 
 SHORT = ["--max_new_tokens=12"]
@@ -103,6 +105,13 @@ BAD = {  # name -> arguments (F = the files folder, C = the checkpoint), a phras
     "srt_in_a_missing_folder": (["--ckpt={C}", "--video=synthetic:1", "--srt=/missing_dir/x.srt"],
                                 "--srt=/missing_dir/x.srt: no such directory /missing_dir"),
     "gif_is_a_folder": (["--ckpt={C}", "--video=synthetic:1", "--gif={F}/folder.png"], "is a directory"),
+    "attention_png_of_a_video": (["--ckpt={C}", "--video=synthetic:1", "--attention_png={F}/a.png"],
+                                 "--attention_png goes with one question"),
+    "attention_png_of_two_questions": (["--ckpt={C}", "--image", "{F}/scene.png", "--image", "{F}/1x1.png",
+                                        "--prompt", "a?", "--prompt", "b?", "--attention_png={F}/a.png"],
+                                       "--attention_png goes with one question"),
+    "attention_png_in_a_missing_folder": (["--ckpt={C}", "--scene=1", "--attention_png=/missing_dir/a.png"],
+                                          "no such directory /missing_dir"),
 }
 
 
@@ -226,3 +235,51 @@ def test_sample_video_bad_input_is_one_clean_line(video_ckpt, tmp_path, video):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     one_clean_line(r, "sample.py")
+
+
+# ------------------------------------------------------------------------------------------------ attention maps
+
+
+@pytest.mark.parametrize("fusion", ["casa", "cross", "insertion"])
+def test_attention_png_has_a_panel_per_looking_layer(tmp_path, tiny_ckpt, fusion):
+    """A 256 px panel per layer that looks at the image (fusion layers; every layer under insertion): the picture
+    is (16 + n * 272) x 366 pixels, whatever the answer."""
+    ckpt = tiny_ckpt
+    if fusion != "casa":  # the tiny casa model, adapted (untrained new layers are fine for the picture)
+        state = load(tiny_ckpt)
+        state["model_config"]["fusion"] = fusion
+        model = VLM(VLMConfig(**state["model_config"]))
+        model.load_pretrained(state["model"])
+        state["model"] = model.state_dict()
+        ckpt = tmp_path / "ckpt.pt"
+        torch.save(state, ckpt)
+    path = tmp_path / "attention.png"
+    answers(run_preloaded("sample.py", f"--ckpt={ckpt}", "--scene=3", "--prompt=how many shapes are there?",
+                          *SHORT, f"--attention_png={path}"))
+    n = load(ckpt)["model_config"]["n_layer"]
+    assert Image.open(path).size == (16 + n * 272, 366)
+
+
+def test_attention_weights_are_the_ones_attend_applies():
+    """answer_attention recomputes the softmax outside casa.attend: the weights times the values must give attend's
+    output exactly, and cross-attention's queries after an image give it all their attention."""
+    torch.manual_seed(0)
+    layer = Attention(32, 2, 10000.0)
+    x, keys = torch.randn(1, 5, 32), torch.randn(1, 7, 32)
+    pos = torch.arange(7)[None]
+    kv = layer.kv(keys, pos, pos * 0, rotate=True)
+    mask = torch.rand(1, 1, 5, 7) > 0.4
+    mask[..., 0] = True
+    w = sample.attention_weights(layer, x, kv, mask, pos[:, :5], True)
+    assert torch.allclose(w.sum(-1), torch.ones(1, 2, 5)) and not w[~mask.expand_as(w)].any()
+    q = rope(layer.heads(layer.q_proj(x)), pos[:, :5], 10000.0)
+    assert torch.allclose(w @ kv.v, attend(q, kv.k, kv.v, mask), atol=1e-5)
+    tok, image = data.Tokenizer(), torch.rand(1, 3, 32, 32)
+    idx = torch.tensor([sample.prompt_ids(tok, 1, "what color is the star?")])
+    for fusion in ("cross", "casa", "insertion"):
+        model = VLM(VLMConfig(n_layer=2, n_head=2, n_embd=32, image_size=32, vit_layers=1, vit_dim=32, vit_heads=2,
+                              vocab_size=tok.vocab_size, image_token_id=tok.image_id, fusion=fusion)).eval()
+        panels = sample.answer_attention(model, idx, image, tok.encode(" red") + [tok.eos_id])
+        assert len(panels) == 2 and all(p[1].shape == (model.config.n_image_tokens,) for p in panels)
+        shares = [share for *_, share in panels]
+        assert all(abs(s - 1) < 1e-5 for s in shares) if fusion == "cross" else all(0 < s < 1 for s in shares)
