@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test demo paper clean
+.PHONY: setup test demo paper grade clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: setup
 # The paper's accuracy claims at toy scale (README: Accuracy of the three fusions); resumes if interrupted.
 paper: setup
 	$(PY) bench.py paper
+
+# The exercises (exercises/README.md): make grade EX=1, or every one.
+EX ?= all
+grade: setup
+	@$(PY) exercises/grade.py --ex=$(EX)
 
 clean:
 	rm -rf $(VENV) out-demo out-paper .pytest_cache
