@@ -8,7 +8,7 @@ from PIL import Image
 
 import bench
 import casa
-from conftest import MODEL, ok, one_clean_line, run, run_preloaded
+from conftest import MODEL, load, ok, one_clean_line, run, run_preloaded
 
 FRAME_KEYS = {"ttft_ms_first", "ttft_ms_last", "decode_tok_s_first", "decode_tok_s_last", "kv_tokens_final",
               "kv_bytes_final", "peak_mem_mb"}
