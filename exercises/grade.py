@@ -147,6 +147,8 @@ def check_rope(fn):
     pos[1, -1] = 10 ** 6  # a live stream's positions never stop growing
     out = fn(x, pos, 10000.0)
     check_tensor(out, x.shape, x.dtype, "rope(x, pos, base)")
+    if torch.allclose(out, x):
+        raise Wrong("rope returned x unchanged: every position but 0 must turn the channel pairs")
     if not torch.allclose(fn(x, torch.zeros_like(pos), 10000.0), x):
         raise Wrong("rope at position 0 must leave x unchanged (every angle is 0)")
     pairs = lambda t: t[..., :4] ** 2 + t[..., 4:] ** 2
@@ -192,12 +194,18 @@ def check_extend_window(fn):
     """A stream fed in pieces through a cache (prompt, decoded tokens, new images) against the whole stream at once."""
     pieces = [[5, 6], [MARK, 7, 8], [9], [MARK, 10], [5], [6]]
     frames = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    def returns_keys(self, kv, latest_window):
+        seen = fn(self, kv, latest_window)
+        if not isinstance(seen, casa.KV):
+            raise Wrong(f"extend_window must return a casa.KV (the keys this call's queries may see), got "
+                        f"{type(seen).__name__}")
+        return seen
     for fusion in ("cross", "casa"):
         model = tiny_model(fusion)
         full = torch.tensor([sum(pieces, [])])
         want = model(full, frames)[0]
         cache, done, shown = model.new_cache(), 0, 0
-        with swapped(casa.LayerCache, "extend_window", fn):
+        with swapped(casa.LayerCache, "extend_window", returns_keys):
             for piece in pieces:
                 n_images = piece.count(MARK)
                 got = model(torch.tensor([piece]), frames[shown:shown + n_images] if n_images else None,
@@ -277,7 +285,8 @@ def check_predicted_cache(fn):
             if not isinstance(got, dict) or not all(isinstance(got.get(k), int) for k in ("tokens", "bytes")):
                 raise Wrong('predicted_cache must return {"tokens": int, "bytes": int}')
             real = measured_cache(fusion, turns, tokens, max_text)
-            case = f"{fusion} after {turns} turns of {tokens} tokens" + (f" (max_text={max_text})" if max_text else "")
+            case = (f"{fusion} after {turns} turn{'s' * (turns > 1)} of {tokens} tokens"
+                    + (f" (max_text={max_text})" if max_text else ""))
             for key in ("tokens", "bytes"):
                 if got[key] != real[key]:
                     raise Wrong(f"{case}: you predict {got[key]} cached {key}, the cache holds {real[key]}")

@@ -148,6 +148,8 @@ MISTAKES = {  # a typical wrong answer -> what its one line must say
     "marker_before_image": (3, lambda is_image, n: casa.stream_slots(is_image, n) - is_image.long() * n,
                             "the marker at index 1 must land right after its image's 4 tokens"),
     "cache_keeps_every_window": (4, keep_everything, "still holds keys of an earlier window"),
+    "cache_returns_nothing": (4, lambda self, kv, latest_window: None, "must return a casa.KV"),
+    "rope_does_nothing": (2, lambda x, pos, base: x, "rope returned x unchanged"),
     "slot_never_restarts": (5, lambda win: (casa.group_by_window(win)[0], torch.arange(win.size(1)).expand_as(win),
                                             casa.group_by_window(win)[2]), "slots count from 0"),
     "insertion_forgets_images": (6, lambda fusion, *a: cache_formula("cross" if fusion == "insertion" else fusion,
