@@ -366,7 +366,7 @@ VARIANTS = {"insertion": ["--fusion=insertion"], "cross": ["--fusion=cross"],
 ADAPTED = ("cross", "casa")  # setting (ii): new layers on the frozen insertion VLM of setting (i), first seed
 SEEDS = (1337, 1338)
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
-BUDGETS = {"full": dict(vision=800, lm=400, vlm=400, adapt=300, video=300, eval_per_task=64, clips=16, frames=8),
+BUDGETS = {"full": dict(vision=800, lm=400, vlm=800, adapt=300, video=300, eval_per_task=64, clips=16, frames=8),
            "quick": dict(vision=2, lm=2, vlm=2, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
 QUICK_MODEL = dict(image_size=32, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2, n_embd=32)
 LEARNING_RATES = ["--lr=6e-3", "--pretrained_lr=1e-3", "--warmup_iters=50"]  # new layers; everything pretrained
