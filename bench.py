@@ -459,6 +459,10 @@ def caption_scores(ckpt_path, n_clips, frames):
 
 
 def paper(args, overrides):
+    """Four stages, each a set of train.py / pretrain_vision.py runs in OUT_DIR (finished ones are skipped):
+    the vision encoder; the text-only LM on it; setting (i) (every variant and seed from the LM) with the video
+    models (insertion, cross, casa from the LM, on clips); setting (ii) (cross and casa on the frozen insertion
+    model of the first seed). Then the scores: each run's final eval.json, and live captions of held-out clips."""
     b = BUDGETS["quick" if args.quick else "full"]
     overrides = {**(QUICK_MODEL if args.quick else {}), **overrides}
     small = ["--batch_size=4"] if args.quick else []
