@@ -1,8 +1,8 @@
 """
 Exercise 6: the paper's cache-size formulas, predicted, then checked against a real KVCache.
 
-Read first: ../shared/PAPER.md on memory (if your course has it), README "What the fusions cost", casa.py
-`KVCache.stats` and `KVCache.advance` (the rolling window max_text).
+Read first: the README's "The three mechanisms, in code" (the paper's cache formulas), casa.py `KVCache.stats`
+and `KVCache.advance` (the rolling window max_text).
 Grade:      make grade EX=6
 
 The streaming protocol: each turn appends one image (its marker and its n_image_tokens tokens) and then
