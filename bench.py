@@ -389,7 +389,9 @@ def run_jobs(jobs, n):
     """Run the unfinished jobs, n at a time, each in its own process on its share of the cores (output in
     OUT_DIR/stdout.txt). A job that left a checkpoint resumes from it; a finished one is skipped."""
     todo, running = [j for j in jobs if not finished(j)], []
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, min(n, len(todo)))))}
+    if not todo:
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // min(n, len(todo))))}
     try:
         while todo or running:
             while todo and len(running) < n:
@@ -470,10 +472,10 @@ def paper(args, overrides):
     vision = Job("pretrain_vision.py", where("vision"), b["vision"],
                  [f"--max_iters={b['vision']}", f"--eval_interval={b['vision']}", *small,
                   *(["--eval_scenes=8"] if args.quick else []), *[f"--{k}={v}" for k, v in overrides.items()]])
-    tasks = f"--tasks={','.join(COARSE_TASKS + FINE_TASKS)}"
-    def vqa(iters, init):
-        return [f"--init_from={init}", tasks, f"--max_iters={iters}", f"--eval_interval={max(1, iters // 2)}",
-                f"--eval_per_task={b['eval_per_task']}", "--progress=false", *LEARNING_RATES, *small]
+    def vqa(iters, init, tasks=",".join(COARSE_TASKS + FINE_TASKS), eval_per_task=b["eval_per_task"]):
+        return [f"--init_from={init}", f"--tasks={tasks}", f"--max_iters={iters}",
+                f"--eval_interval={max(1, iters // 2)}", f"--eval_per_task={eval_per_task}", "--progress=false",
+                *LEARNING_RATES, *small]
     # the LM alone, on the same questions with each image described in words (data.as_text); no fusion layers
     lm = Job("train.py", where("lm"), b["lm"], [*vqa(b["lm"], where("vision", "ckpt.pt")), "--text_only=true",
                                                 "--fusion=insertion"])
@@ -482,8 +484,8 @@ def paper(args, overrides):
                                 [*vqa(b["vlm"], lm_ckpt), *flags, f"--seed={seed}"])
                  for v, flags in VARIANTS.items() for seed in SEEDS}
     video = {f: Job("train.py", where("video", f), b["video"],
-                    [*vqa(b["video"], lm_ckpt), f"--fusion={f}", "--tasks=video", f"--frames={b['frames']}",
-                     f"--eval_per_task={b['clips']}", *([] if args.quick else ["--batch_size=8"])]) for f in FUSIONS}
+                    [*vqa(b["video"], lm_ckpt, "video", b["clips"]), f"--fusion={f}", f"--frames={b['frames']}",
+                     *([] if args.quick else ["--batch_size=8"])]) for f in FUSIONS}
     source = setting_i[("insertion", SEEDS[0])]
     adapted = {f: Job("train.py", where("ii", f), b["adapt"],
                       [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt")), f"--fusion={f}",

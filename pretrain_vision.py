@@ -171,7 +171,8 @@ def main(argv):
                 hits = hits_of(heads(encoder(held_out[0])), held_out[1])
                 encoder.train()
             print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
-                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS) + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it drawing data)")
+                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS)
+                  + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it drawing data)")
             log.write(json.dumps({"kind": "eval", "iter": it + 1, **spent, "loss": loss.item(),
                                   "patches_right": hits}) + "\n")
             save_checkpoint(ckpt_path, {

@@ -122,8 +122,8 @@ def attention_weights(layer, x, kv, mask, pos, rotate):
 def answer_attention(model, idx, pixels, answer):
     """Per layer that looks at images (every layer under insertion, the fusion layers under cross and casa): the
     attention the queries that wrote the answer gave each patch of the last image, averaged over those queries and
-    the heads, (N,); and the share of their attention the image got in all: (label, weights, share) per layer. One uncached pass over prompt + answer,
-    through the dense masks (the same attention as the cache's, tested)."""
+    the heads, (N,); and the share of their attention the image got in all: (label, weights, share) per layer.
+    One uncached pass over prompt + answer, through the dense masks (the same attention as the cache's, tested)."""
     c, N = model.config, model.config.n_image_tokens
     seq = torch.cat([idx, torch.tensor([answer], device=idx.device, dtype=idx.dtype)], 1)
     is_image = seq == c.image_token_id
