@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
+import scenes
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
 from common import (UsageError, build, caption_stream, check_writable, load_checkpoint, load_model, model_config,
                     parse_options, pick_device, run_script)
@@ -167,7 +168,7 @@ def stream_one(fusion, args, overrides):
     model, tok = model_for(fusion, overrides, device)
     model.eval()
     size = model.config.image_size
-    frames = [data.to_tensor(turn.images[0]).to(device)[None] for turn in data.make_clip(0, size, 64).turns]
+    frames = [data.to_tensor(turn.images[0]).to(device)[None] for turn in scenes.make_clip(0, size, 64).turns]
     cache = model.new_cache(max_text=args.max_text)
     marker = torch.full((1, 1), tok.image_id, device=device)
     chunk, rows = marker, []
@@ -236,7 +237,7 @@ def train_one(fusion, args, overrides):
     device = pick_device(args.device)
     model, tok = model_for(fusion, overrides, device)
     size = model.config.image_size
-    convs = [data.make_clip(seed, size, args.frames) for seed in range(args.batch_size)]
+    convs = [scenes.make_clip(seed, size, args.frames) for seed in range(args.batch_size)]
     batch = data.collate(convs, tok, size)
     idx, targets, images = batch.idx.to(device), batch.targets.to(device), batch.images.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -433,7 +434,7 @@ def summary(accuracy):
 
 def named(caption):
     """The colours and shapes a caption names: the softer score asks only for these."""
-    return sorted(w for w in caption.split() if w in data.COLORS or w in data.SHAPES)
+    return sorted(w for w in caption.split() if w in scenes.COLORS or w in scenes.SHAPES)
 
 
 def caption_scores(ckpt_path, n_clips, frames):
@@ -446,7 +447,7 @@ def caption_scores(ckpt_path, n_clips, frames):
     for blind in (False, True):
         hits, soft, seconds = 0, 0, []
         for i in range(n_clips):
-            clip = data.make_clip(data.EVAL_SEED0 + i, size, frames)
+            clip = scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames)
             shown = [gray if blind else turn.images[0] for turn in clip.turns]
             for turn, (said, s, cache) in zip(clip.turns, caption_stream(model, tok, shown, "cpu", 24)):
                 hits, soft = hits + (said == turn.answer), soft + (named(said) == named(turn.answer))
@@ -476,7 +477,7 @@ def paper(args, overrides):
         return [f"--init_from={init}", f"--tasks={tasks}", f"--max_iters={iters}",
                 f"--eval_interval={max(1, iters // 2)}", f"--eval_per_task={eval_per_task}", "--progress=false",
                 *LEARNING_RATES, *small]
-    # the LM alone, on the same questions with each image described in words (data.as_text); no fusion layers
+    # the LM alone, on the same questions with each image described in words (scenes.as_text); no fusion layers
     lm = Job("train.py", where("lm"), b["lm"], [*vqa(b["lm"], where("vision", "ckpt.pt")), "--text_only=true",
                                                 "--fusion=insertion"])
     lm_ckpt = where("lm", "ckpt.pt")
@@ -516,7 +517,7 @@ def paper(args, overrides):
             results["captioning"][f] = {**json.load(f_in), "train_s": final_eval(job)["train_s"]}
     if args.gif:  # a held-out clip (seed EVAL_SEED0), captioned by casa through sample.py itself
         run_script_for("sample.py", [f"--ckpt={os.path.join(video['casa'].out_dir, 'ckpt.pt')}",
-                                     f"--video=synthetic:{data.EVAL_SEED0}", f"--gif={args.gif}"])
+                                     f"--video=synthetic:{scenes.EVAL_SEED0}", f"--gif={args.gif}"])
     return results
 
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import scenes
 from casa import VLM, VLMConfig, check_fields
 from common import (UsageError, adamw_and_muon, build, build_model, load_checkpoint, load_weights, lock_out_dir,
                     lr_factor, model_config, parse_options, pick_device, require_unchanged, run_script,
@@ -62,20 +63,20 @@ class PretrainConfig:
 
 
 
-LABELS = ("shape", "color", "cell")  # what each patch names, in the order of data.object_labels
-NONE = (len(data.SHAPES), len(data.COLORS), len(data.CELLS))  # the labels of a patch that shows no object
+LABELS = ("shape", "color", "cell")  # what each patch names, in the order of scenes.object_labels
+NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS))  # the labels of a patch that shows no object
 
 
-def scenes(seed, n, size, grid):
+def labelled_scenes(seed, n, size, grid):
     """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, the labels of
     the object under its centre or NONE: (n, grid * grid, 3)."""
     rng = random.Random(seed)
-    drawn = [data.sample_scene(rng, size) for _ in range(n)]
-    images = torch.stack([data.to_tensor(data.draw_scene(scene)) for scene in drawn])
+    drawn = [scenes.sample_scene(rng, size) for _ in range(n)]
+    images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])
     labels = []
     for scene in drawn:
-        table = torch.tensor([data.object_labels(o, size) for o in scene["objects"]] + [NONE])  # (objects + 1, 3)
-        labels.append(table[data.patch_objects(scene, grid)])  # owner -1 (no object) picks the last row, NONE
+        table = torch.tensor([scenes.object_labels(o, size) for o in scene["objects"]] + [NONE])  # (objects + 1, 3)
+        labels.append(table[scenes.patch_objects(scene, grid)])  # owner -1 (no object) picks the last row, NONE
     return images, torch.stack(labels)
 
 
@@ -147,7 +148,7 @@ def main(argv):
         if not isinstance(start_iter, int) or start_iter < 0:
             raise UsageError(f"{ckpt_path}: its iter is {start_iter!r}, not an iteration count")
     grid = model_cfg.image_size // model_cfg.patch_size
-    held_out = [t.to(device) for t in scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
+    held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
     # training time (evaluation excluded; data_s: the part spent drawing and labelling scenes)
     spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}
@@ -158,7 +159,7 @@ def main(argv):
             group["lr"] = group["base_lr"] * lr_factor(it, cfg)
         # a pure function of (seed, iteration), so a resumed run sees exactly the batches it would have seen
         drawn = time.time()
-        images, labels = (t.to(device) for t in scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid))
+        images, labels = (t.to(device) for t in labelled_scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid))
         spent["data_s"] += time.time() - drawn
         loss = loss_of(heads(encoder(images)), labels)
         loss.backward()

@@ -21,6 +21,7 @@ import torch
 
 import casa
 import data
+import scenes
 from casa import check_fields
 from common import (UsageError, build, caption_stream, check_writable, load_model, parse_options, pick_device,
                     run_script)
@@ -77,7 +78,7 @@ def main(argv):
         return stream_video(args, model, tok, device, generator)
     size = model.config.image_size
     if args.scene is not None:
-        image, _ = data.render_scene(args.scene, size)
+        image, _ = scenes.render_scene(args.scene, size)
         if args.save:
             image.save(args.save)
         images = [image]
@@ -194,7 +195,7 @@ def stream_video(args, model, tok, device, generator):
         seed = args.video.removeprefix("synthetic:")
         if not seed.isdigit():
             raise UsageError(f"--video synthetic:SEED needs a whole number, got {seed!r}")
-        frames = [turn.images[0] for turn in data.make_clip(int(seed), size).turns]
+        frames = [turn.images[0] for turn in scenes.make_clip(int(seed), size).turns]
         times = [i / args.fps for i in range(len(frames))]
     else:
         frames, times = data.load_video(args.video, size, args.fps)

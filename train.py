@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
+import scenes
 from casa import VLM, VLMConfig, check_fields
 from common import (UsageError, adamw_and_muon, build, build_model, load_checkpoint, load_weights, lock_out_dir,
                     lr_factor, model_config, parse_options, pick_device, pick_dtype, require_unchanged, run_script,
@@ -36,7 +37,7 @@ class TrainConfig:
     out_dir: str = "out"
     init_from: str = "scratch"  # scratch | resume (from out_dir) | path/to/ckpt.pt (another model or an encoder)
     data: str = "synthetic"     # synthetic | a folder holding data.jsonl and its images
-    tasks: str = "all"          # synthetic tasks to train on, comma-separated (see data.TASKS, data.VIDEO_TASK)
+    tasks: str = "all"          # synthetic tasks to train on, comma-separated (see scenes.TASKS, scenes.VIDEO_TASK)
     questions: int = 4          # synthetic: up to this many questions about each single-scene image (eval asks 1)
     frames: int | None = None   # video: frames per clip (default: 8 to 64, drawn per clip)
     text_only: bool = False     # pretrain the language model alone: each image replaced by its description in words
@@ -107,13 +108,13 @@ class Conversations:
     def __init__(self, cfg, size):
         self.cfg, self.size, self.dropped = cfg, size, 0
         if cfg.data == "synthetic":
-            self.tasks = data.parse_tasks(cfg.tasks)
-            if cfg.text_only and data.VIDEO_TASK in self.tasks:
+            self.tasks = scenes.parse_tasks(cfg.tasks)
+            if cfg.text_only and scenes.VIDEO_TASK in self.tasks:
                 raise UsageError("--text_only describes scenes in words: it has no words for a video's frames")
-            self.held_out = self.as_text(data.eval_conversations(cfg.eval_per_task, size, self.tasks,
+            self.held_out = self.as_text(scenes.eval_conversations(cfg.eval_per_task, size, self.tasks,
                                                                  frames=cfg.frames))
-            # the same questions about scenes drawn differently (data.STYLES): does the model read the images?
-            self.shifted = [] if cfg.text_only else data.eval_conversations(cfg.eval_per_task, size, self.tasks,
+            # the same questions about scenes drawn differently (scenes.STYLES): does the model read the images?
+            self.shifted = [] if cfg.text_only else scenes.eval_conversations(cfg.eval_per_task, size, self.tasks,
                                                                             style="shifted", frames=cfg.frames)
         elif cfg.text_only:
             raise UsageError("--text_only needs the synthetic data: a folder's images come without descriptions")
@@ -135,12 +136,12 @@ class Conversations:
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
         if self.cfg.data == "synthetic":  # one task per batch: similar lengths, so little padding to compute on
             task = rng.choice(self.tasks)
-            return self.as_text(data.sample_conversations(rng, self.cfg.batch_size, self.size, (task,),
+            return self.as_text(scenes.sample_conversations(rng, self.cfg.batch_size, self.size, (task,),
                                                           self.cfg.questions, self.cfg.frames))
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
 
     def as_text(self, convs):
-        return [data.as_text(c) for c in convs] if self.cfg.text_only else convs
+        return [scenes.as_text(c) for c in convs] if self.cfg.text_only else convs
 
 
 def fingerprint(conv):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+import scenes  # noqa: E402
 from casa import VLM, VLMConfig, check_fields  # noqa: E402
 from common import UsageError, build, build_model, load_checkpoint, load_weights, parse_options, run_script  # noqa: E402
 
@@ -64,11 +65,11 @@ class SmallCNN(nn.Module):
 
 
 def shape_batch(seed, n, size):
-    """n single-object scenes and the index of each object's shape in data.SHAPES."""
+    """n single-object scenes and the index of each object's shape in scenes.SHAPES."""
     rng = random.Random(seed)
-    scenes = [data.sample_scene(rng, size, n_objects=1) for _ in range(n)]
-    images = torch.stack([data.to_tensor(data.draw_scene(s)) for s in scenes])
-    return images, torch.tensor([data.SHAPES.index(s["objects"][0]["shape"]) for s in scenes])
+    drawn = [scenes.sample_scene(rng, size, n_objects=1) for _ in range(n)]
+    images = torch.stack([data.to_tensor(scenes.draw_scene(s)) for s in drawn])
+    return images, torch.tensor([scenes.SHAPES.index(s["objects"][0]["shape"]) for s in drawn])
 
 
 def main(argv):
@@ -88,7 +89,7 @@ def main(argv):
         cfg = VLMConfig(vit_layers=args.vit_layers, vit_layer_scale=args.vit_layer_scale)
         # the ViT exactly as a VLM builds and initialises it (the language model around it is not used)
         encoder = VLM(cfg).vision if args.encoder == "vit" else SmallCNN(cfg.n_embd)
-    head = nn.Linear(cfg.n_embd, len(data.SHAPES))
+    head = nn.Linear(cfg.n_embd, len(scenes.SHAPES))
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
 

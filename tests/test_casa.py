@@ -10,6 +10,7 @@ import torch
 
 import casa
 import data
+import scenes
 
 MARK = 2  # image marker id in these tiny configs
 VOCAB = 24
@@ -121,7 +122,7 @@ def test_streaming_many_frames_cache_equals_recomputation(fusion):
     torch.manual_seed(0)
     model = casa.VLM(casa.VLMConfig(fusion=fusion, image_size=32, patch_size=8, vit_layers=1, vit_dim=32,
                                     vit_heads=2, n_layer=4, n_head=2, n_embd=32, vocab_size=40)).eval()
-    frames = [data.to_tensor(turn.images[0])[None] for turn in data.make_clip(1, 32, 6).turns]
+    frames = [data.to_tensor(turn.images[0])[None] for turn in scenes.make_clip(1, 32, 6).turns]
     marker = torch.tensor([[model.config.image_token_id]])
     cache, stream = model.new_cache(), torch.zeros(1, 0, dtype=torch.long)
     for i, frame in enumerate(frames):

@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anything
 
 from conftest import run_preloaded  # noqa: E402
-from data import (  # noqa: E402
-    ALPHABET, COLORS, EVAL_SEED0, PIECE, SHAPES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Tokenizer, Turn,
-    _cell, as_text, collate, describe, draw_scene, encode_conversation, eval_conversations, load_folder, load_image, make_clip,
-    main, make_conversation, object_labels, patch_objects, render_scene, sample_conversations, to_tensor, train_seed,
+from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
+from scenes import (  # noqa: E402
+    COLORS, EVAL_SEED0, SHAPES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError, Turn,
+    _cell, as_text, describe, draw_scene, eval_conversations, make_clip, make_conversation, object_labels,
+    patch_objects, render_scene, sample_conversations, train_seed,
 )
+from show_data import main  # noqa: E402
 
 GRAY = (128, 128, 128)
 
@@ -533,7 +535,7 @@ def test_load_folder_missing_files(tmp_path):
 # command line
 
 def test_cli_writes_samples(tmp_path):
-    r = run_preloaded("data.py", "--out_dir", tmp_path / "demo", "--n", "10", "--seed", "1")
+    r = run_preloaded("show_data.py", "--out_dir", tmp_path / "demo", "--n", "10", "--seed", "1")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     names = sorted(p.name for p in (tmp_path / "demo").iterdir())
     tasks = TASKS + (VIDEO_TASK, TASKS[0])  # "all" cycles through every task, video included
@@ -542,7 +544,7 @@ def test_cli_writes_samples(tmp_path):
     assert "000 caption: 000_caption.png (1 image)" in listing and "Q: describe the image.  A: a " in listing
     assert "frame 0: a" in listing
     assert Image.open(tmp_path / "demo" / "000_caption.png").size == (64, 64)
-    r = run_preloaded("data.py", f"--out_dir={tmp_path / 'two'}", "--n=2", "--tasks=count,video", "--image_size=32")
+    r = run_preloaded("show_data.py", f"--out_dir={tmp_path / 'two'}", "--n=2", "--tasks=count,video", "--image_size=32")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["000_count.png", "001_video.png",
                                                                      "conversations.txt"]
@@ -559,8 +561,8 @@ def test_cli_writes_samples(tmp_path):
     (["--out_dir"], "--out_dir needs a value"),
 ])
 def test_cli_bad_arguments(tmp_path, args, says):
-    r = run_preloaded("data.py", *[a.format(tmp=tmp_path) for a in args])
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("data.py: error: "), r.stderr
+    r = run_preloaded("show_data.py", *[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("show_data.py: error: "), r.stderr
     assert says in r.stderr
     assert not list(tmp_path.iterdir())
 

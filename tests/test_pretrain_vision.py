@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-import data
+import scenes
 import pretrain_vision
 from casa import VLM, VLMConfig
 from conftest import PRETRAIN, TINY, load, ok, one_clean_line, run, run_preloaded
@@ -42,13 +42,13 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, encoder_ckpt,
 
 
 def test_pretrain_vision_labels_every_patch_with_the_object_under_it():
-    images, labels = pretrain_vision.scenes(3, 8, 64, 8)
-    scene = data.sample_scene(random.Random(3), 64)  # the first scene, drawn again
+    images, labels = pretrain_vision.labelled_scenes(3, 8, 64, 8)
+    scene = scenes.sample_scene(random.Random(3), 64)  # the first scene, drawn again
     assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 3)
-    owner = data.patch_objects(scene, 8)
+    owner = scenes.patch_objects(scene, 8)
     for k in range(64):
         o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-        assert tuple(labels[0, k].tolist()) == (data.object_labels(o, 64) if o else pretrain_vision.NONE)
+        assert tuple(labels[0, k].tolist()) == (scenes.object_labels(o, 64) if o else pretrain_vision.NONE)
 
 
 @pytest.mark.parametrize("args, says", [

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import data
+import scenes
 import sample
 from casa import VLM, Attention, VLMConfig, attend, rope
 from conftest import MODEL, load, ok, one_clean_line, run, run_preloaded
@@ -28,9 +29,9 @@ def answers(r, lines=1):
 def files(tmp_path_factory, tiny_ckpt):
     """Image files, good and bad, and foreign or broken checkpoints."""
     d = tmp_path_factory.mktemp("sample_files")
-    scene, _ = data.render_scene(5, 32)
+    scene, _ = scenes.render_scene(5, 32)
     scene.save(d / "scene.png")
-    data.render_scene(6, 48)[0].save(d / "scene48.png")
+    scenes.render_scene(6, 48)[0].save(d / "scene48.png")
     # bad images
     (d / "empty.png").write_bytes(b"")
     (d / "text.png").write_text("this is not an image\n")
@@ -137,7 +138,7 @@ def test_scene_is_answered_and_saved(results, files):
     [answer] = answers(results["good", "scene"])
     saved = Image.open(files / "saved.png")
     assert saved.size == (32, 32) and saved.mode == "RGB"  # the checkpoint's image size
-    assert saved.tobytes() == data.render_scene(3, 32)[0].tobytes()
+    assert saved.tobytes() == scenes.render_scene(3, 32)[0].tobytes()
 
 
 def test_both_option_forms_give_the_same_answer(results):
@@ -198,7 +199,7 @@ def test_sample_video_synthetic_writes_srt_and_gif(video_ckpt, tmp_path):
     srt, gif = tmp_path / "c.srt", tmp_path / "c.gif"
     r = ok(run("sample.py", f"--ckpt={video_ckpt}", "--video=synthetic:4", "--fps=4", "--max_new_tokens=6",
                f"--srt={srt}", f"--gif={gif}", "--max_text=64"))
-    n = len(data.make_clip(4, 32).turns)
+    n = len(scenes.make_clip(4, 32).turns)
     lines = r.stdout.splitlines()
     assert len(lines) == n and all(re.match(r"\s*\d+\.\d\ds\s+\d+\.\d ms ", line) for line in lines)
     blocks = srt.read_text().strip().split("\n\n")
@@ -214,7 +215,7 @@ def test_sample_video_synthetic_writes_srt_and_gif(video_ckpt, tmp_path):
 
 
 def test_sample_video_from_gif_and_folder(video_ckpt, tmp_path):
-    frames = [turn.images[0] for turn in data.make_clip(2, 32, 8).turns]
+    frames = [turn.images[0] for turn in scenes.make_clip(2, 32, 8).turns]
     frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=250)
     (tmp_path / "frames").mkdir()
     for i, frame in enumerate(frames[:3]):

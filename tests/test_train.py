@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import data
+import scenes
 import train
 from casa import VLM, VLMConfig
 from common import UsageError, lock_out_dir
@@ -191,7 +192,7 @@ def step(model, opt, batch):
 @pytest.mark.parametrize("fusion", ["insertion", "casa"])
 def test_a_few_steps_reduce_the_loss(fusion):
     model, tok = tiny_model(fusion)
-    batch = data.collate(data.sample_conversations(random.Random(0), 4, 32), tok, 32)
+    batch = data.collate(scenes.sample_conversations(random.Random(0), 4, 32), tok, 32)
     opt = optimizer_for(model, lr=3e-3)
     before, _ = train.evaluate(model, [batch], "cpu", nullcontext())
     losses = [step(model, opt, batch) for _ in range(8)]
@@ -204,7 +205,7 @@ def test_a_few_steps_reduce_the_loss(fusion):
 def test_a_tiny_batch_can_be_overfit():
     """4 conversations, at most 150 AdamW steps: loss < 0.05 and every last answer exactly right."""
     model, tok = tiny_model("casa")
-    convs = data.sample_conversations(random.Random(0), 4, 32)
+    convs = scenes.sample_conversations(random.Random(0), 4, 32)
     batch = data.collate(convs, tok, 32)
     opt = optimizer_for(model, lr=1e-2, weight_decay=0.0)
     for i in range(150):
@@ -276,7 +277,7 @@ def test_ranks_iterations_and_micro_batches_get_different_data():
         assert fingerprint(source.batch(*other)) != base, other
     ranks = [fingerprint(source.batch(it, rank=r, micro=0)) for r in range(2) for it in range(4)]
     assert len({repr(b) for b in ranks}) == len(ranks)
-    assert len(source.held_out) == len(data.TASKS)
+    assert len(source.held_out) == len(scenes.TASKS)
 
 
 def test_held_out_copies_of_training_examples_are_dropped(tmp_path):
@@ -414,7 +415,7 @@ def test_checkpoint_contents(runs):
     assert {"iter", "val_loss", "accuracy", "blind_accuracy"} <= set(result)
     assert result["iter"] == 6 and math.isfinite(result["val_loss"]) and result["val_loss"] > 0
     for key in ("accuracy", "blind_accuracy"):
-        assert sorted(result[key]) == sorted(data.TASKS)
+        assert sorted(result[key]) == sorted(scenes.TASKS)
         assert all(0.0 <= v <= 1.0 for v in result[key].values())
     assert result == {k: v for k, v in train_log(d / "A")[1][-1].items() if k != "kind"}
 

@@ -1,0 +1,446 @@
+"""
+scenes.py: the procedural generator. Scenes of shapes and text drawn with pillow, the questions asked about them,
+and video clips, each a pure function of (task, seed, size): the same triple always gives the same pixels and
+text, so the held-out set is simply a range of seeds that training never draws (training seeds are in
+[0, 2**31), held-out seeds start at 2**31). It imports nothing of the project's: data.py turns its conversations
+into tokens and batches.
+
+Scenes hold 1-4 shapes on a dark, noisy background. Positions in answers use a 3x3 grid of the
+image: "top left", "top", "top right", "left", "center", "right", "bottom left", "bottom",
+"bottom right" (cell of the object's centre pixel).
+
+Look at samples with:  python show_data.py --out_dir=out-data --n=16     (--help: every option)
+"""
+
+import functools
+import math
+import random
+import string
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+TASKS = ("caption", "color", "shape", "count", "position", "relation", "reading", "multi_image")
+VIDEO_TASK = "video"
+CAPTION_QUESTION = "describe the image."
+
+
+class DataError(ValueError):
+    """A problem with data or arguments that the user can fix; the message is one line."""
+
+
+# -----------------------------------------------------------------------------
+# scenes: sample a description (a plain dict), then draw it
+
+# Well separated colours: the closest pair (orange, yellow) is ~85 apart in RGB, far more than
+# the colour jitter and pixel noise added below, so the centre pixel always names the colour.
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 90, 230), "yellow": (240, 220, 40),
+    "purple": (150, 60, 210), "orange": (245, 135, 25), "white": (240, 240, 240), "cyan": (40, 215, 225),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+RADIUS = {"small": 0.1, "big": 0.16}  # half the object's extent, as a fraction of the image size (+-15%)
+WORDS = ("cat", "dog", "sun", "car", "hat", "box", "map", "cup", "key",
+         "fish", "bird", "tree", "moon", "boat", "cake")  # for the reading task, with 1-3 digit numbers
+GRID = (("top left", "top", "top right"),
+        ("left", "center", "right"),
+        ("bottom left", "bottom", "bottom right"))
+CELLS = tuple(cell for row in GRID for cell in row)
+# every word the generated questions and answers use (tests/test_data.py checks that none is missing)
+VOCABULARY = tuple(sorted(set(" ".join(
+    ["what color is the how many shapes are there where written describe image of one shape and small big",
+     "yes no left right above below moves up down appears turns disappears nothing an", *COLORS, *SHAPES, *WORDS,
+     *CELLS]).split())))
+MIN_SIZE = 32  # below this the shapes and text are no longer recognisable
+SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixel keeps the pure colour
+COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
+NOISE = 4.0  # std of per-pixel noise, so that no pixel value is a shortcut
+BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from every object colour
+# How scenes look. Training only ever sees "default"; "shifted" is a second look, drawn differently, for checking
+# that a model reads the images and not quirks of the generator: other object sizes, darker shades with stronger
+# jitter, more noise, and stripes across the background. Same vocabulary, same questions.
+STYLES = {
+    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0},
+    "shifted": {"radius": {"small": 0.085, "big": 0.13}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16},
+}
+
+
+def _article(phrase):
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _jitter(rng, color, style="default"):
+    shade, j = STYLES[style]["shade"], STYLES[style]["jitter"]
+    return tuple(min(255, max(0, round(c * shade) + rng.randint(-j, j))) for c in COLORS[color])
+
+
+def _moved(o, x, y):
+    return {**o, "x": x, "y": y, "bbox": (x - o["r"], y - o["r"], x + o["r"], y + o["r"])}
+
+
+def _inside(box, size):
+    return box[0] >= 1 and box[1] >= 1 and box[2] <= size - 2 and box[3] <= size - 2
+
+
+def _apart(a, b, gap):
+    """True if boxes a and b (x0, y0, x1, y1) are at least gap pixels apart along some axis."""
+    return a[0] - b[2] >= gap or b[0] - a[2] >= gap or a[1] - b[3] >= gap or b[1] - a[3] >= gap
+
+
+def _place(rng, size, objects, text_box=None, style="default"):
+    """A new random object that is fully visible and clear of the others, or None if none fits.
+    Every (colour, shape) pair appears at most once, so "the red circle" always names one object,
+    and centres differ by >= size/16 horizontally, so "left to right" captions are well defined."""
+    gap = max(2, size // 32)
+    for _ in range(100):
+        shape, color, size_name = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(tuple(RADIUS))
+        r = round(size * STYLES[style]["radius"][size_name] * rng.uniform(0.85, 1.15))  # no two exact sizes
+        o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color, style)}
+        o = _moved(o, rng.randint(r + 1, size - 2 - r), rng.randint(r + 1, size - 2 - r))
+        if any(p["shape"] == shape and p["color"] == color for p in objects):
+            continue
+        if all(_apart(o["bbox"], p["bbox"], gap) and abs(o["x"] - p["x"]) >= size // 16 for p in objects) \
+                and (text_box is None or _apart(o["bbox"], text_box, gap)):
+            return o
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size):
+    """Pillow's bundled font (works offline) for drawing at SS x an image of this size: 16 px at 64x64."""
+    return ImageFont.load_default(size=max(8, round(size / 4)) * SS)
+
+
+def sample_scene(rng, size, text=False, n_objects=None, style="default"):
+    """Describe a random scene as a plain dict (draw it with draw_scene):
+    size, background {from, to, angle}, noise_seed, objects: list of {shape, color, size ('small'
+    or 'big'), x, y (centre pixel), r, bbox (x0, y0, x1, y1), rgb (the jittered colour drawn)},
+    and with text=True also text (1-3 digits or a short word) and text_bbox (its light box); style (see STYLES)."""
+    if not isinstance(size, int) or size < MIN_SIZE:
+        raise DataError(f"image size must be an integer >= {MIN_SIZE}, got {size!r}")
+    lo, hi = BG_RANGE
+    c0 = tuple(rng.randint(lo, hi) for _ in range(3))
+    c1 = c0 if rng.random() < 0.4 else tuple(rng.randint(lo, hi) for _ in range(3))  # flat or gradient
+    scene = {"size": size, "background": {"from": c0, "to": c1, "angle": rng.uniform(0, 2 * math.pi)},
+             "noise_seed": rng.randrange(2**32), "objects": [], "style": style}
+    text_box = None
+    if text:
+        digits = "".join(rng.choice(string.digits) for _ in range(rng.randint(1, 3)))
+        scene["text"] = rng.choice(WORDS) if rng.random() < 0.5 else digits
+        left, top, right, bottom = _font(size).getbbox(scene["text"])
+        pad = max(2, size // 32)
+        w, h = math.ceil((right - left) / SS) + 2 * pad, math.ceil((bottom - top) / SS) + 2 * pad
+        x0, y0 = rng.randint(1, size - 2 - w), rng.randint(1, size - 2 - h)
+        text_box = scene["text_bbox"] = (x0, y0, x0 + w, y0 + h)
+    if n_objects is None:
+        n_objects = rng.randint(0, 2) if text else rng.randint(1, 4)
+    for _ in range(n_objects):
+        o = _place(rng, size, scene["objects"], text_box, style)
+        if o is None:
+            break  # too crowded: keep fewer objects (answers are computed from what was placed)
+        scene["objects"].append(o)
+    return scene
+
+
+def _polygon(shape, cx, cy, r):
+    """Corner points of a shape centred at (cx, cy) that fits in the square of half-width r."""
+    if shape == "square":
+        h = 0.8 * r
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]
+    if shape == "star":  # five points; a fat inner radius so small stars still read as stars
+        radii = [r if k % 2 == 0 else 0.45 * r for k in range(10)]
+        angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]
+        return [(cx + rr * math.cos(a), cy + rr * math.sin(a)) for rr, a in zip(radii, angles)]
+    if shape == "cross":
+        w = 0.33 * r
+        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w),
+                (cx + r, cy + w), (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r),
+                (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w)]
+    raise DataError(f"unknown shape {shape!r}")
+
+
+def draw_scene(scene):
+    """Render a scene dict from sample_scene to an RGB PIL image."""
+    size = scene["size"]
+    big = size * SS
+    bg = scene["background"]
+    u = np.arange(size, dtype=np.float32)
+    t = u[None, :] * math.cos(bg["angle"]) + u[:, None] * math.sin(bg["angle"])  # position along the gradient
+    t = (t - t.min()) / (t.max() - t.min())
+    c0, c1 = np.array(bg["from"], np.float32), np.array(bg["to"], np.float32)
+    look = STYLES[scene.get("style", "default")]
+    stripes = look["stripes"] * np.sin(2 * math.pi * (u[None, :] - u[:, None]) / 6)[..., None]  # diagonal, 6 px
+    img = Image.fromarray(np.clip(c0 + t[..., None] * (c1 - c0) + stripes, 0, 255).astype(np.uint8))
+    img = img.resize((big, big), Image.Resampling.NEAREST)  # the background is smooth: no need to compute it at 4x
+    draw = ImageDraw.Draw(img)
+    if "text" in scene:
+        x0, y0, x1, y1 = scene["text_bbox"]
+        draw.rectangle((x0 * SS, y0 * SS, x1 * SS - 1, y1 * SS - 1), fill=(235, 235, 225))
+        font = _font(size)
+        left, top, right, bottom = font.getbbox(scene["text"])
+        tx = (x0 + x1) * SS / 2 - (left + right) / 2  # centre the ink in the box
+        ty = (y0 + y1) * SS / 2 - (top + bottom) / 2
+        draw.text((tx, ty), scene["text"], font=font, fill=(20, 20, 30))
+    for o in scene["objects"]:
+        cx, cy, r = (o["x"] + 0.5) * SS, (o["y"] + 0.5) * SS, o["r"] * SS  # pixel x spans [x, x+1)
+        if o["shape"] == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=o["rgb"])
+        else:
+            draw.polygon(_polygon(o["shape"], cx, cy, r), fill=o["rgb"])
+    img = img.reduce(SS)
+    noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, look["noise"], (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).round().astype(np.uint8))
+
+
+def render_scene(seed, size=64, text=False):
+    """A random scene for this seed: (RGB image of size x size, description dict; see sample_scene)."""
+    scene = sample_scene(random.Random(seed), size, text=text)
+    return draw_scene(scene), scene
+
+
+# -----------------------------------------------------------------------------
+# conversations: questions with short, exact answers about generated scenes
+
+@dataclass
+class Turn:
+    images: list  # PIL.Image.Image (RGB), 0 or more, shown before the question
+    question: str | None  # None = bare streaming turn (video): no <user>/<assistant> separators
+    answer: str
+
+
+@dataclass
+class Conversation:
+    task: str
+    turns: list  # of Turn
+    scenes: list = field(default_factory=list)  # description of every generated image in order ([] from disk)
+
+
+def _cell(o, size):
+    return GRID[min(2, 3 * o["y"] // size)][min(2, 3 * o["x"] // size)]
+
+
+def _clear_cell(o, size):
+    """Is the centre >= size/32 px from every grid line? (Questions near a line would be coin flips.)"""
+    return all(abs(v - size * k / 3) >= size / 32 for v in (o["x"], o["y"]) for k in (1, 2))
+
+
+def _unique(objects, key, o):
+    return sum(p[key] == o[key] for p in objects) == 1
+
+
+def _name(o, objects):
+    """The shortest unambiguous name: 'circle' if it is the only circle, else 'red circle'."""
+    return o["shape"] if _unique(objects, "shape", o) else f"{o['color']} {o['shape']}"
+
+
+def _list(phrases):
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _question(task, scene, rng):
+    """(question, answer) about one scene for a single-image task, or None if the scene doesn't allow
+    an unambiguous one (e.g. no shape that occurs only once, for the color question)."""
+    objects, size = scene["objects"], scene["size"]
+    if task == "caption":
+        left_to_right = sorted(objects, key=lambda o: o["x"])
+        return CAPTION_QUESTION, _list([f"a {o['size']} {o['color']} {o['shape']}" for o in left_to_right])
+    if task == "count":
+        return "how many shapes are there?", str(len(objects))
+    if task == "reading":
+        return "what is written?", scene["text"]
+    if task == "color":
+        candidates = [o for o in objects if _unique(objects, "shape", o)]
+    elif task == "shape":
+        candidates = [o for o in objects if _unique(objects, "color", o)]
+    elif task == "position":
+        candidates = [o for o in objects if _clear_cell(o, size)]
+    elif task == "relation":
+        axis = rng.choice("xy")
+        candidates = [(a, b) for a in objects for b in objects if abs(a[axis] - b[axis]) > size / 8]
+    else:
+        raise DataError(f"no single-image question for task {task!r}")
+    if not candidates:
+        return None
+    o = rng.choice(candidates)
+    if task == "color":
+        return f"what color is the {o['shape']}?", o["color"]
+    if task == "shape":
+        return f"what shape is the {o['color']} one?", o["shape"]
+    if task == "position":
+        return f"where is the {o['color']} {o['shape']}?", _cell(o, size)
+    a, b = o  # relation: the word is drawn independently of the pair, so yes/no are equally likely
+    word = rng.choice(("left of", "right of") if axis == "x" else ("above", "below"))
+    holds = (a[axis] < b[axis]) == (word in ("left of", "above"))  # y grows downwards
+    return f"is the {_name(a, objects)} {word} the {_name(b, objects)}?", "yes" if holds else "no"
+
+
+def patch_objects(scene, grid):
+    """Which object each patch of a grid x grid split of the scene shows, for pretraining the vision encoder
+    (pretrain_vision.py): the index in scene["objects"] of the object whose box holds the patch centre, or -1.
+    (grid * grid,) long tensor, patches row-major like the ViT's tokens."""
+    size = scene["size"]
+    owner = torch.full((grid, grid), -1)
+    centres = (torch.arange(grid) + 0.5) * size / grid
+    for i, o in enumerate(scene["objects"]):  # boxes never overlap (_place keeps them apart)
+        x0, y0, x1, y1 = o["bbox"]  # pixel x spans [x, x + 1), so the box's pixels span [x0, x1 + 1)
+        inside_x = (centres >= x0) & (centres < x1 + 1)
+        inside_y = (centres >= y0) & (centres < y1 + 1)
+        owner[inside_y[:, None] & inside_x[None, :]] = i
+    return owner.flatten()
+
+
+def object_labels(o, size):
+    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS (what pretraining predicts)."""
+    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
+
+
+MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")
+FOLLOW_UP_QUESTIONS = MULTI_IMAGE_QUESTIONS + ("relation",)
+
+
+def make_conversation(task, seed, size=64, questions=1, style="default", frames=None):
+    """A conversation for one of TASKS (or VIDEO_TASK: make_clip, of `frames` frames); deterministic for (task,
+    seed, size, questions). multi_image: 2-4 turns, each showing one new scene and asking about that latest scene only.
+    questions > 1 (training): a single-scene question task goes on with 1 to questions - 1 follow-up questions of
+    random kinds about the same scene, so every image the encoder sees teaches it several answers."""
+    if task == VIDEO_TASK:
+        return make_clip(seed, size, frames)
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS + (VIDEO_TASK,))})")
+    rng = random.Random(f"{task}:{seed}")  # str seeds hash with sha512: stable across runs and machines
+    turns, scenes = [], []
+    for _ in range(rng.randint(2, 4) if task == "multi_image" else 1):
+        kind = rng.choice(MULTI_IMAGE_QUESTIONS) if task == "multi_image" else task
+        qa = None
+        while qa is None:  # a fresh scene until it supports the question: one or two tries in practice
+            scene = sample_scene(rng, size, text=kind == "reading", style=style)
+            qa = _question(kind, scene, rng)
+        turns.append(Turn([draw_scene(scene)], *qa))
+        scenes.append(scene)
+    if questions > 1 and task in FOLLOW_UP_QUESTIONS:
+        for _ in range(rng.randint(1, questions - 1)):
+            qa = _question(rng.choice(FOLLOW_UP_QUESTIONS), scene, rng)
+            # none when the scene allows none (every shape twice, for colour); never a repeat, whose answer
+            # could be copied from the conversation instead of read from the image
+            if qa is not None and all(qa[0] != turn.question for turn in turns):
+                turns.append(Turn([], *qa))
+    return Conversation(task, turns, scenes)
+
+
+def _video_step(rng, objects, size):
+    """One frame of change: (the new objects, a caption of what happened). Exactly one thing changes
+    per frame (or nothing), so the caption is complete and can be checked against the pixels."""
+    step = max(2, size // 16)
+    moves = []  # (index, moved object, direction) for every move that stays inside and clear of the others
+    for i, o in enumerate(objects):
+        others = objects[:i] + objects[i + 1:]
+        for word, dx, dy in (("left", -step, 0), ("right", step, 0), ("up", 0, -step), ("down", 0, step)):
+            m = _moved(o, o["x"] + dx, o["y"] + dy)
+            if _inside(m["bbox"], size) and all(_apart(m["bbox"], p["bbox"], 1) for p in others):
+                moves.append((i, m, word))
+    new = _place(rng, size, objects) if len(objects) < 3 else None
+    weights = {"move": 5 if moves else 0, "recolor": 2, "appear": 1.5 if new else 0,
+               "disappear": 1 if len(objects) > 1 else 0, "still": 1.5}
+    event = rng.choices(list(weights), weights=list(weights.values()))[0]
+    if event == "still":
+        return objects, "nothing moves"
+    if event == "appear":
+        return objects + [new], _article(f"{new['color']} {new['shape']} appears")
+    if event == "move":
+        i, changed, word = rng.choice(moves)
+        what = f"moves {word}"
+    elif event == "recolor":
+        i = rng.randrange(len(objects))
+        taken = {p["color"] for p in objects if p["shape"] == objects[i]["shape"]}  # keep (colour, shape) unique
+        color = rng.choice([c for c in COLORS if c not in taken])
+        changed, what = {**objects[i], "color": color, "rgb": _jitter(rng, color)}, f"turns {color}"
+    else:  # disappear
+        i = rng.randrange(len(objects))
+        changed, what = None, "disappears"
+    o = objects[i]
+    return objects[:i] + ([changed] if changed else []) + objects[i + 1:], f"the {o['color']} {o['shape']} {what}"
+
+
+def make_clip(seed, size=64, n_frames=None):
+    """A video (task "video"): one Turn per frame with question None and a caption as the answer.
+    Frame 0 names the 1-2 objects left to right ("a red circle and a blue star"); every later frame
+    says what changed: "the red circle moves left", "a blue square appears", "the green star turns
+    yellow", "the red circle disappears" or "nothing moves". Objects move size/16 px per frame."""
+    rng = random.Random(f"{VIDEO_TASK}:{seed}")
+    if n_frames is None:
+        n_frames = rng.randint(8, 64)
+    if not isinstance(n_frames, int) or n_frames < 1:
+        raise DataError(f"n_frames must be a positive integer, got {n_frames!r}")
+    scene = sample_scene(rng, size, n_objects=rng.randint(1, 2))
+    objects = scene["objects"]
+    turns, scenes = [], []
+    for f in range(n_frames):
+        if f == 0:
+            left_to_right = sorted(objects, key=lambda o: o["x"])
+            caption = _list([_article(f"{o['color']} {o['shape']}") for o in left_to_right])
+        else:
+            objects, caption = _video_step(rng, objects, size)
+        frame = {**scene, "objects": objects, "noise_seed": rng.randrange(2**32)}  # fresh noise every frame
+        turns.append(Turn([draw_scene(frame)], None, caption))
+        scenes.append(frame)
+    return Conversation(VIDEO_TASK, turns, scenes)
+
+
+def describe(scene):
+    """A scene in words, everything its questions ask about: "a big red circle at the top left and cat is
+    written." (objects left to right, then the text)."""
+    size = scene["size"]
+    parts = [f"a {o['size']} {o['color']} {o['shape']} at the {_cell(o, size)}"
+             for o in sorted(scene["objects"], key=lambda o: o["x"])]
+    return _list(parts + ([f"{scene['text']} is written"] if "text" in scene else [])) + "."
+
+
+def as_text(conv):
+    """The conversation for a text-only language model: each image replaced by its description in words, put
+    before the turn's question (train.py --text_only pretrains the LM alone on these)."""
+    if conv.task == VIDEO_TASK or len(conv.scenes) != sum(len(t.images) for t in conv.turns):
+        raise DataError(f"a {conv.task!r} conversation has no scene description for every image")
+    scenes, turns = iter(conv.scenes), []
+    for turn in conv.turns:
+        words = [describe(next(scenes)) for _ in turn.images]
+        turns.append(Turn([], " ".join(words + [turn.question]), turn.answer))
+    return Conversation(conv.task, turns, conv.scenes)
+
+
+# -----------------------------------------------------------------------------
+# seeds: training and held-out conversations never share a seed
+
+EVAL_SEED0 = 2**31  # training seeds are in [0, EVAL_SEED0), held-out seeds are EVAL_SEED0 + i
+
+
+def train_seed(rng):
+    return rng.randrange(EVAL_SEED0)
+
+
+def parse_tasks(text):
+    """A --tasks option: "all" (the question tasks) or a comma-separated list, checked against TASKS and video."""
+    if text == "all":
+        return TASKS
+    tasks = tuple(t.strip() for t in text.split(","))
+    unknown = [t for t in tasks if t not in TASKS + (VIDEO_TASK,)]
+    if unknown:
+        raise DataError(f"unknown task {unknown[0]!r} (choose from {', '.join(TASKS + (VIDEO_TASK,))} or all)")
+    return tasks
+
+
+def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=None):
+    """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`)."""
+    return [make_conversation(task, EVAL_SEED0 + i, size, style=style, frames=frames)
+            for task in tasks for i in range(n_per_task)]
+
+
+def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None):
+    """n fresh training conversations, each of a uniformly drawn task (see make_conversation: questions, frames)."""
+    return [make_conversation(rng.choice(tasks), train_seed(rng), size, questions, frames=frames) for _ in range(n)]
+
