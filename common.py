@@ -4,22 +4,30 @@ common.py: what every casa script stands on, so that the scripts are peers and n
     UsageError, run_script        bad input is one line on stderr and exit 2; Ctrl-C and SIGTERM end quietly
     parse_options                 the one option parser: --key=value or --key value, typed from the run's dataclasses
     pick_device, pick_dtype       device and precision
-    save_checkpoint, load_checkpoint, load_model, build_model    checkpoints: atomic writes, checked reads
+    write_atomic, save_checkpoint, load_checkpoint, load_model, build_model, resume_checkpoint
+                                  checkpoints: atomic writes that an interrupt waits for, checked reads (the
+                                  memory a model needs checked before it is built), one resume path
+    build_optimizer               the one optimizer of both training scripts (AdamW, or Muon + AdamW)
+    progress_bar                  a bar on a terminal, nothing in a log file
     lock_out_dir, check_writable  refuse a busy out_dir or an output path that cannot be written, before the work
     caption_stream                live captioning: frames through one persistent cache
 """
 import difflib
 import fcntl
+import json
 import math
 import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import types
+from contextlib import contextmanager
 from dataclasses import fields
 
 import torch
+from tqdm import tqdm
 
 import data
 from casa import VLM, VLMConfig
@@ -209,16 +217,30 @@ class Optimizers:
             opt.load_state_dict(saved)
 
 
-def adamw_and_muon(groups, lr, fused=False):
-    """One Optimizers from param groups (dicts with params, base_lr, weight_decay, and muon: True for weight
-    matrices that Muon should train). Muon orthogonalises each matrix's momentum (Newton-Schulz) and is scaled
-    to AdamW's update size (match_rms_adamw), so the same learning rates apply; AdamW takes everything else."""
-    adamw = [{k: v for k, v in g.items() if k != "muon"} for g in groups if not g["muon"]]
-    muon = [{k: v for k, v in g.items() if k != "muon"} for g in groups if g["muon"]]
-    optimizers = [torch.optim.AdamW(adamw, lr=lr, betas=(0.9, 0.95), fused=fused)] if adamw else []
+def build_optimizer(named, lr_of, muon_prefixes, cfg, fused=False):
+    """The optimizer of both training scripts, over `named` (name, parameter) pairs: a param group per learning
+    rate (lr_of(name)) and per kind (weight matrices decay by cfg.weight_decay; norms, gains and biases do not).
+    With cfg.optimizer == "muon", the weight matrices whose names start with one of muon_prefixes go to Muon, which
+    orthogonalises each matrix's momentum (Newton-Schulz) and is scaled to AdamW's update size
+    (match_rms_adamw), so the same learning rates apply; AdamW takes everything else."""
+    groups = {}
+    for name, p in named:
+        lr, decayed = lr_of(name), p.dim() >= 2
+        muon = cfg.optimizer == "muon" and p.dim() == 2 and name.startswith(muon_prefixes)
+        groups.setdefault((muon, lr, decayed), {"params": [], "base_lr": lr, "weight_decay":
+                          cfg.weight_decay if decayed else 0.0})["params"].append(p)
+    adamw = [g for (muon, *_), g in groups.items() if not muon]
+    muon = [g for (muon, *_), g in groups.items() if muon]
+    optimizers = [torch.optim.AdamW(adamw, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)] if adamw else []
     if muon:
-        optimizers.append(torch.optim.Muon(muon, lr=lr, adjust_lr_fn="match_rms_adamw"))
+        optimizers.append(torch.optim.Muon(muon, lr=cfg.lr, adjust_lr_fn="match_rms_adamw"))
     return Optimizers(optimizers)
+
+
+def progress_bar(iterable, enabled, **kwargs):
+    """A tqdm bar where someone watches (a terminal); redirected to a file (CI, nohup, `make demo > log`), no bar:
+    its every refresh would be a line. The scripts print one line per eval either way."""
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ system
@@ -290,16 +312,46 @@ def check_writable(path, option):
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def save_checkpoint(path, state):
-    """Atomic: write a temporary file next to the target, then rename over it; a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+@contextmanager
+def interrupts_wait():
+    """Ctrl-C and SIGTERM wait until the block ends, then take effect as usual: a file being written is never left
+    half-written, and the interrupt never lands inside torch's serialiser (where it would surface as a traceback
+    instead of the one-line exit). Signal handlers belong to the main thread; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # now, to the handler it was meant for
+
+
+def write_atomic(path, write):
+    """write(f) into a temporary file next to path, then rename it over path: a crash never leaves half a file,
+    and an interrupt waits for the rename."""
+    with interrupts_wait():
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def save_checkpoint(path, state):
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def save_json(path, obj):
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def load_checkpoint(path, device="cpu", needs=()):
@@ -321,6 +373,26 @@ def load_checkpoint(path, device="cpu", needs=()):
     return ckpt
 
 
+def available_memory():
+    """Bytes of memory this process could still get (MemAvailable on Linux; all of it elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(cfg, where=""):
+    """Refuse, before anything is allocated, a model whose weights alone exceed the memory left: it is built on the
+    meta device (shapes, no storage), so a config that asks for a 128 GB embedding costs nothing to measure."""
+    with torch.device("meta"):
+        weights = sum(p.numel() * p.element_size() for p in VLM(cfg).parameters())
+    free = available_memory()
+    if weights > free:
+        raise UsageError(f"{where}the model needs {weights / 2**30:,.1f} GiB for its weights alone; "
+                         f"this machine has {free / 2**30:.1f} GiB free")
+
+
 def build_model(ckpt, path, overrides=None):
     """The tokenizer and an untrained VLM of the checkpoint's config (with `overrides` on top), checked."""
     where = f"{path}: "
@@ -333,6 +405,7 @@ def build_model(ckpt, path, overrides=None):
     if (ckpt["model_config"].get("vocab_size", cfg.vocab_size), ckpt["model_config"].get(
             "image_token_id", cfg.image_token_id)) != (cfg.vocab_size, cfg.image_token_id):
         raise UsageError(f"{where}its model_config does not match its tokenizer (vocab_size, image_token_id)")
+    check_fits(cfg, where)
     return VLM(cfg), tok
 
 
@@ -351,6 +424,40 @@ def load_model(path, device):
     model, tok = build_model(ckpt, path)
     load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), tok, ckpt
+
+
+def resume_checkpoint(out_dir, cls, options, model_options, needs=()):
+    """Resuming a training script: (its options, the checkpoint out_dir/ckpt.pt, the iteration it reached). The
+    options are the saved ones but for those given now; model options given now must match the saved ones (the
+    weights have that shape). needs: what else the script's checkpoints hold and it relies on."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path, needs=("iter", "train_config", "optimizer", *needs))
+    if not isinstance(ckpt["train_config"], dict):
+        raise UsageError(f"{path}: its train_config is not a dict")
+    require_unchanged(model_options, ckpt["model_config"])
+    cfg = build(cls, {**ckpt["train_config"], **options, "init_from": "resume"}, f"{path}: ")
+    if not isinstance(ckpt["iter"], int) or ckpt["iter"] < 0:
+        raise UsageError(f"{path}: its iter is {ckpt['iter']!r}, not an iteration count")
+    return cfg, ckpt, ckpt["iter"]
+
+
+def open_log(path, start_iter):
+    """log.jsonl, line-buffered, for appending. Resumed at start_iter, the lines of later iterations (written after
+    the checkpoint the run resumes from) are dropped first, so that no iteration is logged twice."""
+    if start_iter and os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= start_iter]
+        with open(path, "w") as f:
+            f.writelines(kept)
+    return open(path, "a" if start_iter else "w", buffering=1)
+
+
+def load_optimizer_state(optimizer, ckpt, path, hint=""):
+    """Resuming: the optimizer's saved state, or one line saying it does not fit (and `hint`, what would)."""
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: its optimizer state does not fit ({hint or type(e).__name__})") from None
 
 
 @torch.no_grad()

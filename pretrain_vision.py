@@ -32,9 +32,9 @@ import torch.nn.functional as F
 import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, adamw_and_muon, build, build_model, load_checkpoint, load_weights, lock_out_dir,
-                    lr_factor, model_config, parse_options, pick_device, require_unchanged, run_script,
-                    save_checkpoint)
+from common import (build, build_model, build_optimizer, check_fits, load_optimizer_state, load_weights,
+                    lock_out_dir, lr_factor, model_config, open_log, parse_options, pick_device, resume_checkpoint,
+                    run_script, save_checkpoint)
 
 
 @dataclass
@@ -107,15 +107,11 @@ def hits_of(logits, labels):
 def main(argv):
     _, (run_options, model_options) = parse_options(argv, [("pretraining options (PretrainConfig)", PretrainConfig),
                                                            ("model options (VLMConfig)", VLMConfig)], __doc__)
-    cfg = build(PretrainConfig, run_options)
+    cfg, ckpt, start_iter = build(PretrainConfig, run_options), None, 0
+    if cfg.init_from == "resume":  # the saved options, but for those given now
+        cfg, ckpt, start_iter = resume_checkpoint(cfg.out_dir, PretrainConfig, run_options, model_options,
+                                                  needs=("heads",))
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(ckpt_path, needs=("heads", "optimizer", "iter", "train_config")) \
-        if cfg.init_from == "resume" else None
-    if ckpt:  # the saved options, but for those given now
-        require_unchanged(model_options, ckpt["model_config"])
-        if not isinstance(ckpt["train_config"], dict):
-            raise UsageError(f"{ckpt_path}: its train_config is not a dict")
-        cfg = build(PretrainConfig, {**ckpt["train_config"], **run_options, "init_from": "resume"}, f"{ckpt_path}: ")
     device = pick_device(cfg.device)
     lock = lock_out_dir(cfg.out_dir)  # noqa: F841 (after the checks; held until the process ends)
     torch.manual_seed(cfg.seed)
@@ -125,34 +121,23 @@ def main(argv):
     else:
         tok = data.Tokenizer()
         model_cfg = model_config(model_options, tok)
+        check_fits(model_cfg)
         vlm = VLM(model_cfg)
     encoder = vlm.vision.to(device)  # built and initialised exactly as a VLM builds it
     heads = Heads(model_cfg.n_embd).to(device)
     # Muon for the ViT blocks' and the projector's weight matrices (--optimizer=muon), AdamW for the rest
     named = [(f"vision.{n}", p) for n, p in encoder.named_parameters()] + list(heads.named_parameters(prefix="heads"))
-    muon = [cfg.optimizer == "muon" and p.dim() == 2 and name.startswith(("vision.blocks.", "vision.proj"))
-            for name, p in named]
-    groups = [{"params": [p for (_, p), m in zip(named, muon) if m == use and (p.dim() >= 2) == decayed],
-               "base_lr": cfg.lr, "weight_decay": cfg.weight_decay if decayed else 0.0, "muon": use}
-              for use in (False, True) for decayed in (False, True)]
-    optimizer = adamw_and_muon([g for g in groups if g["params"]], cfg.lr)
-    start_iter = 0
+    optimizer = build_optimizer(named, lambda name: cfg.lr, ("vision.blocks.", "vision.proj"), cfg)
     if ckpt:
         load_weights(encoder, {k.removeprefix("vision."): v for k, v in ckpt["model"].items()}, ckpt_path)
         load_weights(heads, ckpt["heads"], ckpt_path)
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise UsageError(f"{ckpt_path}: its optimizer state does not fit ({type(e).__name__})") from None
-        start_iter = ckpt["iter"]
-        if not isinstance(start_iter, int) or start_iter < 0:
-            raise UsageError(f"{ckpt_path}: its iter is {start_iter!r}, not an iteration count")
+        load_optimizer_state(optimizer, ckpt, ckpt_path)
     grid = model_cfg.image_size // model_cfg.patch_size
     held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
     # training time (evaluation excluded; data_s: the part spent drawing and labelling scenes)
     spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if ckpt else "w", buffering=1)
+    log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter)
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
         for group in optimizer.param_groups:

@@ -22,14 +22,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, adamw_and_muon, build, build_model, load_checkpoint, load_weights, lock_out_dir,
-                    lr_factor, model_config, parse_options, pick_device, pick_dtype, require_unchanged, run_script,
-                    save_checkpoint)
+from common import (UsageError, build, build_model, build_optimizer, check_fits, load_checkpoint,
+                    load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, parse_options,
+                    open_log, pick_device, pick_dtype, progress_bar, resume_checkpoint, run_script, save_checkpoint, save_json)
 
 
 @dataclass
@@ -61,7 +60,7 @@ class TrainConfig:
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"         # auto | float32 | bfloat16 | float16
     compile: bool = False
-    progress: bool = True       # tqdm bar
+    progress: bool = True       # a progress bar, when the output is a terminal
 
     def __post_init__(self):  # nonsense is refused before anything trains (NaN or negative rates, zero sizes)
         check_fields(self, at_least=dict(batch_size=1, grad_accum=1, max_iters=1, eval_interval=1, eval_per_task=1,
@@ -78,23 +77,19 @@ def unwrapped(model):
 
 
 def make_optimizer(model, new_names, cfg, fused):
-    """A group per learning rate (new weights, a new vision encoder, pretrained weights) and per kind (decayed
-    matrices, undecayed norms/gates/biases). With --optimizer=muon the weight matrices of the LM blocks go to Muon
-    (momentum orthogonalised by Newton-Schulz, its update scaled to AdamW's size so the same learning rates
-    apply); everything else (embeddings, the vision encoder, norms) to AdamW."""
-    groups = {}
+    """A learning rate per origin of a weight: cfg.lr for new weights, cfg.vision_lr for a new vision encoder,
+    cfg.pretrained_lr for weights that came from --init_from (0 freezes them: adapting a frozen model). With
+    --optimizer=muon, Muon trains the weight matrices of the LM blocks (common.build_optimizer)."""
+    def lr_of(name):
+        if name not in new_names:
+            return cfg.pretrained_lr
+        return cfg.vision_lr if name.startswith("vision.") else cfg.lr
     for name, p in model.named_parameters():
-        new = name in new_names
-        if not new and cfg.pretrained_lr == 0:
-            p.requires_grad_(False)  # adapting a frozen model: only the new layers learn
-            continue
-        lr = (cfg.vision_lr if name.startswith("vision.") else cfg.lr) if new else cfg.pretrained_lr
-        muon = cfg.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.")
-        groups.setdefault((muon, lr, p.dim() >= 2), {"params": [], "base_lr": lr, "weight_decay":
-                          cfg.weight_decay if p.dim() >= 2 else 0.0})["params"].append(p)
-    if not groups:
+        p.requires_grad_(lr_of(name) > 0 or name in new_names)
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trained:
         raise UsageError("nothing to train: every weight came from --init_from and --pretrained_lr=0 freezes them")
-    return adamw_and_muon([{**g, "muon": muon} for (muon, *_), g in groups.items()], cfg.lr, fused)
+    return build_optimizer(trained, lr_of, ("blocks.",), cfg, fused)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -109,8 +104,6 @@ class Conversations:
         self.cfg, self.size, self.dropped = cfg, size, 0
         if cfg.data == "synthetic":
             self.tasks = scenes.parse_tasks(cfg.tasks)
-            if cfg.text_only and scenes.VIDEO_TASK in self.tasks:
-                raise UsageError("--text_only describes scenes in words: it has no words for a video's frames")
             self.held_out = self.as_text(scenes.eval_conversations(cfg.eval_per_task, size, self.tasks,
                                                                  frames=cfg.frames))
             # the same questions about scenes drawn differently (scenes.STYLES): does the model read the images?
@@ -180,30 +173,16 @@ def accuracy_table(result):
     return "\n".join(rows)
 
 
-def open_log(path, start_iter):
-    """log.jsonl, line-buffered, for appending. Resumed at start_iter, the lines of later iterations (written after
-    the checkpoint the run resumes from) are dropped first, so that no iteration is logged twice."""
-    if start_iter and os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= start_iter]
-        with open(path, "w") as f:
-            f.writelines(kept)
-    return open(path, "a" if start_iter else "w", buffering=1)
-
-
 # ------------------------------------------------------------------------------------------------ main
 
 
 def main(argv):
     _, (train_options, model_options) = parse_options(argv, [("training options (TrainConfig)", TrainConfig),
                                                              ("model options (VLMConfig)", VLMConfig)], __doc__)
-    cfg, ckpt = build(TrainConfig, train_options), None
+    cfg, ckpt, start_iter = build(TrainConfig, train_options), None, 0
     if cfg.init_from == "resume":  # carry on with the options saved in the checkpoint, but for those given now
-        path = os.path.join(cfg.out_dir, "ckpt.pt")
-        ckpt = load_checkpoint(path, needs=("iter", "train_config", "optimizer", "scaler", "rng"))
-        if not isinstance(ckpt["train_config"], dict):
-            raise UsageError(f"{path}: its train_config is not a dict")
-        cfg = build(TrainConfig, {**ckpt["train_config"], **train_options}, f"{path}: ")
+        cfg, ckpt, start_iter = resume_checkpoint(cfg.out_dir, TrainConfig, train_options, model_options,
+                                                  needs=("scaler", "rng"))
     ddp = "RANK" in os.environ
     if ddp:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -223,23 +202,19 @@ def main(argv):
 
     # ---- model, tokenizer, optimizer state: from scratch, from another model, or resumed
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    start_iter, new_names = 0, None
+    new_names = None
     if cfg.init_from == "scratch":
         tok = data.Tokenizer()
         model_cfg = model_config(model_options, tok)
+        check_fits(model_cfg)
         model = VLM(model_cfg)
     else:
         path = ckpt_path if cfg.init_from == "resume" else cfg.init_from
         ckpt = ckpt or load_checkpoint(path)
-        if cfg.init_from == "resume":
-            require_unchanged(model_options, ckpt["model_config"])
         model, tok = build_model(ckpt, path, model_options)
         model_cfg = model.config
         if cfg.init_from == "resume":
             load_weights(model, ckpt["model"], path)
-            start_iter = ckpt["iter"]
-            if not isinstance(start_iter, int) or start_iter < 0:
-                raise UsageError(f"{path}: its iter is {start_iter!r}, not an iteration count")
             if ckpt.get("pretrained"):  # an adapted model: its weights from --init_from=PATH keep their own LR
                 new_names = {name for name, _ in model.named_parameters()} - set(ckpt["pretrained"])
         else:
@@ -254,12 +229,9 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     if cfg.init_from == "resume":
         run = ckpt["train_config"]  # the options of the run that wrote it
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except ValueError:  # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
-            raise UsageError("the checkpoint's optimizer state does not fit; resume with the --pretrained_lr "
-                             f"of the run that wrote it ({run.get('pretrained_lr')}) and its --vision_lr "
-                             f"({run.get('vision_lr', run.get('lr'))})") from None
+        # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
+        load_optimizer_state(optimizer, ckpt, ckpt_path, f"resume with the --pretrained_lr of the run that wrote it "
+                             f"({run.get('pretrained_lr')}) and its --vision_lr ({run.get('vision_lr', run.get('lr'))})")
         try:
             scaler.load_state_dict(ckpt["scaler"])
             random.setstate(ckpt["rng"]["python"])
@@ -311,14 +283,13 @@ def main(argv):
         if shifted_batches:
             result["shifted_accuracy"] = evaluate(eval_model, shifted_batches, device, autocast)[1]
         log.write(json.dumps({"kind": "eval", **result}) + "\n")
-        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        save_json(os.path.join(cfg.out_dir, "eval.json"), result)
         return result
 
     # ---- the training loop
     model.train()
-    bar = tqdm(range(start_iter, cfg.max_iters), initial=start_iter, total=cfg.max_iters,
-               disable=not (master and cfg.progress), dynamic_ncols=True)
+    bar = progress_bar(range(start_iter, cfg.max_iters), master and cfg.progress, initial=start_iter,
+                       total=cfg.max_iters)
     tokens, t0, losses = 0, time.time(), []
     for it in bar:
         factor = lr_factor(it, cfg)
