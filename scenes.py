@@ -51,7 +51,7 @@ CELLS = tuple(cell for row in GRID for cell in row)
 # every word the generated questions and answers use (tests/test_data.py checks that none is missing)
 VOCABULARY = tuple(sorted(set(" ".join(
     ["what color is the how many shapes are there where written describe image of one shape and small big",
-     "yes no left right above below moves up down appears turns disappears nothing an", *COLORS, *SHAPES, *WORDS,
+     "yes no left right above below moves to at appears turns disappears an", *COLORS, *SHAPES, *WORDS,
      *CELLS]).split())))
 MIN_SIZE = 32  # below this the shapes and text are no longer recognisable
 SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixel keeps the pure colour
@@ -78,10 +78,6 @@ def _jitter(rng, color, style="default"):
 
 def _moved(o, x, y):
     return {**o, "x": x, "y": y, "bbox": (x - o["r"], y - o["r"], x + o["r"], y + o["r"])}
-
-
-def _inside(box, size):
-    return box[0] >= 1 and box[1] >= 1 and box[2] <= size - 2 and box[3] <= size - 2
 
 
 def _apart(a, b, gap):
@@ -310,7 +306,7 @@ def make_conversation(task, seed, size=64, questions=1, style="default", frames=
     questions > 1 (training): a single-scene question task goes on with 1 to questions - 1 follow-up questions of
     random kinds about the same scene, so every image the encoder sees teaches it several answers."""
     if task == VIDEO_TASK:
-        return make_clip(seed, size, frames)
+        return make_clip(seed, size, frames, style)
     if task not in TASKS:
         raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS + (VIDEO_TASK,))})")
     rng = random.Random(f"{task}:{seed}")  # str seeds hash with sha512: stable across runs and machines
@@ -333,59 +329,100 @@ def make_conversation(task, seed, size=64, questions=1, style="default", frames=
     return Conversation(task, turns, scenes)
 
 
-def _video_step(rng, objects, size):
-    """One frame of change: (the new objects, a caption of what happened). Exactly one thing changes
-    per frame (or nothing), so the caption is complete and can be checked against the pixels."""
-    step = max(2, size // 16)
-    moves = []  # (index, moved object, direction) for every move that stays inside and clear of the others
+VIDEO_OBJECTS = 2  # at most this many objects in a frame: a caption naming both with their cells is <= 16 tokens
+# (a third would make it 25, past the 24 that bench.py's caption_scores lets a caption have)
+RESTATE = 8  # a frame is described in full at least every RESTATE frames: the last RESTATE captions always hold
+# every object's cell, so a rolling text window of that many captions is all the memory a stream needs
+
+
+def _in_cell(rng, o, cell, others, size):
+    """o moved to a random spot of a cell (one of CELLS) where its centre is clear of the grid lines (_clear_cell),
+    it is fully visible and apart from the others; None if no spot tried fits."""
+    row, col = divmod(CELLS.index(cell), 3)
+    margin = size / 32  # as in _clear_cell
+    lo = [max(o["r"] + 1, math.ceil(k * size / 3 + margin)) for k in (col, row)]
+    hi = [min(size - 2 - o["r"], math.floor((k + 1) * size / 3 - margin)) for k in (col, row)]
+    if lo[0] > hi[0] or lo[1] > hi[1]:
+        return None
+    for _ in range(20):
+        p = _moved(o, rng.randint(lo[0], hi[0]), rng.randint(lo[1], hi[1]))
+        if all(_apart(p["bbox"], q["bbox"], 1) for q in others):
+            return p
+    return None
+
+
+def _free_cells(objects, size):
+    taken = {_cell(o, size) for o in objects}
+    return [c for c in CELLS if c not in taken]
+
+
+def _new_object(rng, objects, size, style):
+    """A new object, its (colour, shape) unlike every other's, alone in a free cell; None if none fits."""
+    o = _place(rng, size, objects, style=style)  # draws the shape, colour and size (and a spot we don't use)
+    return o and _in_cell(rng, o, rng.choice(_free_cells(objects, size)), objects, size)
+
+
+def _frame_caption(objects, size):
+    """The whole frame in words, in reading order of the cells: "a red circle at the top left and a blue star at
+    the center"."""
+    in_order = sorted(objects, key=lambda o: CELLS.index(_cell(o, size)))
+    return _list([_article(f"{o['color']} {o['shape']} at the {_cell(o, size)}") for o in in_order])
+
+
+def _video_step(rng, objects, size, restate, style):
+    """One frame after the first: (its objects, its caption). At most one thing changes, at the granularity the
+    captions record, cells: an object moves to another cell, appears in a free one, disappears or turns another
+    colour. The caption names that change; a frame without one is described in full (with `restate`, nothing
+    changes: RESTATE). So the caption follows from the frame and the state the captions so far imply, the memory
+    a cross or casa model has. Objects also wander inside their cells, which no caption mentions."""
+    wandered = []
     for i, o in enumerate(objects):
-        others = objects[:i] + objects[i + 1:]
-        for word, dx, dy in (("left", -step, 0), ("right", step, 0), ("up", 0, -step), ("down", 0, step)):
-            m = _moved(o, o["x"] + dx, o["y"] + dy)
-            if _inside(m["bbox"], size) and all(_apart(m["bbox"], p["bbox"], 1) for p in others):
-                moves.append((i, m, word))
-    new = _place(rng, size, objects) if len(objects) < 3 else None
-    weights = {"move": 5 if moves else 0, "recolor": 2, "appear": 1.5 if new else 0,
-               "disappear": 1 if len(objects) > 1 else 0, "still": 1.5}
-    event = rng.choices(list(weights), weights=list(weights.values()))[0]
+        wandered.append(_in_cell(rng, o, _cell(o, size), wandered + objects[i + 1:], size) or o)
+    objects = wandered
+    i = rng.randrange(len(objects))
+    o, others = objects[i], objects[:i] + objects[i + 1:]
+    moved = _in_cell(rng, o, rng.choice(_free_cells(objects, size)), others, size)
+    new = _new_object(rng, objects, size, style) if len(objects) < VIDEO_OBJECTS else None
+    weights = {"move": 4 if moved else 0, "recolor": 1.5, "appear": 1.5 if new else 0,
+               "disappear": 1 if len(objects) > 1 else 0, "still": 2}
+    event = "still" if restate else rng.choices(list(weights), weights=list(weights.values()))[0]
+    name = f"the {o['color']} {o['shape']}"
     if event == "still":
-        return objects, "nothing moves"
+        return objects, _frame_caption(objects, size)
     if event == "appear":
-        return objects + [new], _article(f"{new['color']} {new['shape']} appears")
+        return objects + [new], _article(f"{new['color']} {new['shape']} appears at the {_cell(new, size)}")
     if event == "move":
-        i, changed, word = rng.choice(moves)
-        what = f"moves {word}"
-    elif event == "recolor":
-        i = rng.randrange(len(objects))
-        taken = {p["color"] for p in objects if p["shape"] == objects[i]["shape"]}  # keep (colour, shape) unique
-        color = rng.choice([c for c in COLORS if c not in taken])
-        changed, what = {**objects[i], "color": color, "rgb": _jitter(rng, color)}, f"turns {color}"
-    else:  # disappear
-        i = rng.randrange(len(objects))
-        changed, what = None, "disappears"
-    o = objects[i]
-    return objects[:i] + ([changed] if changed else []) + objects[i + 1:], f"the {o['color']} {o['shape']} {what}"
+        return others[:i] + [moved] + others[i:], f"{name} moves to the {_cell(moved, size)}"
+    if event == "disappear":
+        return others, f"{name} disappears"
+    taken = {p["color"] for p in objects if p["shape"] == o["shape"]}  # keep (colour, shape) unique
+    color = rng.choice([c for c in COLORS if c not in taken])
+    recolored = {**o, "color": color, "rgb": _jitter(rng, color, style)}
+    return others[:i] + [recolored] + others[i:], f"{name} turns {color}"
 
 
-def make_clip(seed, size=64, n_frames=None):
-    """A video (task "video"): one Turn per frame with question None and a caption as the answer.
-    Frame 0 names the 1-2 objects left to right ("a red circle and a blue star"); every later frame
-    says what changed: "the red circle moves left", "a blue square appears", "the green star turns
-    yellow", "the red circle disappears" or "nothing moves". Objects move size/16 px per frame."""
+def make_clip(seed, size=64, n_frames=None, style="default"):
+    """A video (task "video"): one Turn per frame with question None and a live caption as the answer. Frame 0
+    names its 1-2 objects and their cells ("a red circle at the top left and a blue star at the center"); every
+    later frame says what changed since (_video_step): "the red circle moves to the center", "a blue square appears
+    at the bottom", "the green star turns yellow", "the red circle disappears", or, when nothing did, describes
+    the frame in full again. Every centre stays clear of the grid lines and every (colour, shape) is unique."""
     rng = random.Random(f"{VIDEO_TASK}:{seed}")
     if n_frames is None:
         n_frames = rng.randint(8, 64)
     if not isinstance(n_frames, int) or n_frames < 1:
         raise DataError(f"n_frames must be a positive integer, got {n_frames!r}")
-    scene = sample_scene(rng, size, n_objects=rng.randint(1, 2))
-    objects = scene["objects"]
-    turns, scenes = [], []
+    scene = sample_scene(rng, size, n_objects=0, style=style)  # the background; the objects are placed by cell
+    objects, n_objects = [], rng.randint(1, 2)
+    while len(objects) < n_objects:
+        objects += [o] if (o := _new_object(rng, objects, size, style)) else []
+    turns, scenes, since_full = [], [], 0  # frames since the last caption that described the whole frame
     for f in range(n_frames):
         if f == 0:
-            left_to_right = sorted(objects, key=lambda o: o["x"])
-            caption = _list([_article(f"{o['color']} {o['shape']}") for o in left_to_right])
+            caption = _frame_caption(objects, size)
         else:
-            objects, caption = _video_step(rng, objects, size)
+            objects, caption = _video_step(rng, objects, size, since_full >= RESTATE - 1, style)
+            since_full = 0 if caption == _frame_caption(objects, size) else since_full + 1
         frame = {**scene, "objects": objects, "noise_seed": rng.randrange(2**32)}  # fresh noise every frame
         turns.append(Turn([draw_scene(frame)], None, caption))
         scenes.append(frame)
@@ -403,13 +440,14 @@ def describe(scene):
 
 def as_text(conv):
     """The conversation for a text-only language model: each image replaced by its description in words, put
-    before the turn's question (train.py --text_only pretrains the LM alone on these)."""
-    if conv.task == VIDEO_TASK or len(conv.scenes) != sum(len(t.images) for t in conv.turns):
+    before the turn's question (train.py --text_only pretrains the LM alone on these). A clip's frame becomes a
+    turn whose question is the frame's description and whose answer is its caption."""
+    if len(conv.scenes) != sum(len(t.images) for t in conv.turns):
         raise DataError(f"a {conv.task!r} conversation has no scene description for every image")
     scenes, turns = iter(conv.scenes), []
     for turn in conv.turns:
-        words = [describe(next(scenes)) for _ in turn.images]
-        turns.append(Turn([], " ".join(words + [turn.question]), turn.answer))
+        words = [describe(next(scenes)) for _ in turn.images] + ([turn.question] if turn.question is not None else [])
+        turns.append(Turn([], " ".join(words), turn.answer))
     return Conversation(conv.task, turns, conv.scenes)
 
 
