@@ -49,6 +49,23 @@ def swapped(owner, name, fn):
         setattr(owner, name, old)
 
 
+@contextmanager
+def during(where):
+    """Name the situation when the student's code (or the model around it) raises, in one line."""
+    try:
+        yield
+    except (Wrong, NotImplementedError):
+        raise
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:100]
+        raise Wrong(f"{where}: raised {type(e).__name__}: {detail}") from e
+
+
+def at(where, row=None):
+    """A situation's words (see situations()), for one of its rows or for the whole call."""
+    return where.format(row="" if row is None else f"row {row} of ")
+
+
 def check_tensor(out, shape, dtype, what):
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) or out.dtype != dtype:
         got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
@@ -57,15 +74,16 @@ def check_tensor(out, shape, dtype, what):
 
 def on_inputs_device(fn, args, what):
     """fn called on tensors of the 'meta' device (shapes only, no data) must answer on that device too: a GPU run
-    puts the inputs on cuda, and a tensor built on the CPU inside fn fails there."""
+    puts the inputs on cuda, and a tensor built on the CPU inside fn fails there. Code that reads values (.item(),
+    loops) cannot run on 'meta' at all: only a mix of devices counts as a mistake."""
     meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
     try:
         out = fn(*meta)
-    except NotImplementedError:
-        raise
     except Exception as e:
-        raise Wrong(f"{what} on inputs of another device (not the CPU) failed: build every tensor on the inputs' "
-                    f"device ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+        if "device" in str(e):
+            raise Wrong(f"{what} on inputs of another device (not the CPU) failed: build every tensor on the "
+                        f"inputs' device ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+        return
     for t in out if isinstance(out, tuple) else (out,):
         if isinstance(t, torch.Tensor) and t.device.type != "meta":
             raise Wrong(f"{what} on inputs of another device returned a tensor on {t.device}: build it on the "
@@ -139,9 +157,10 @@ def check_stream(model, calls, frames, swap, says, reference=None, after=None):
     cache, done = model.new_cache(), 0
     with (swap or nullcontext)():
         for i, (ids, images) in enumerate(stream_calls(calls, frames)):
-            got = model(ids, images, cache=cache)[0]
             where = (f"the {model.config.fusion} model's cached call {i + 1} {shown(ids[0].tolist())} "
                      f"({describe(model.config)})")
+            with during(where):
+                got = model(ids, images, cache=cache)[0]
             if not torch.allclose(got, want[:, done:done + ids.size(1)], atol=1e-4):
                 raise Wrong(f"{where}: {says}")
             if after:
@@ -153,12 +172,12 @@ def check_stream(model, calls, frames, swap, says, reference=None, after=None):
 def check_batch(model, idx, images, swap, says, reference=None):
     """The whole batch at once (training, prefill), the student's function swapped in, against `reference`."""
     want = (reference or model)(idx, images)[0]
-    with swap():
+    where = f"a {idx.size(0)}-row batch of the {model.config.fusion} model ({describe(model.config)})"
+    with swap(), during(where):
         got = model(idx, images)[0]
     for b in range(idx.size(0)):
         if got.shape != want.shape or not torch.allclose(got[b], want[b], atol=1e-4):
-            raise Wrong(f"row {b} of a {idx.size(0)}-row batch of the {model.config.fusion} model "
-                        f"({describe(model.config)}): {says}")
+            raise Wrong(f"row {b} of {where}: {says}")
 
 
 def check_model(fn_name, fn, fusions, says, prepare=None):
@@ -178,21 +197,23 @@ def check_model(fn_name, fn, fusions, says, prepare=None):
 def situations(fn_name, fusions):
     """Every call the project's own code makes to casa.<fn_name> in check_model's batches and streams, as
     (where, the call's arguments): where the real code path puts the student's function."""
-    calls, where, g = [], [None], random.Random(fn_name)
+    calls, where, g = [], [None, 0], random.Random(fn_name)
     def record(*args):
-        calls.append((where[0], args))
+        rows = next(a for a in args if isinstance(a, torch.Tensor)).size(0)
+        calls.append((where[0] if rows == where[1] else  # block-wise training regroups the batch, a window a row
+                      where[0].replace("{row}", "{row}the block-wise regrouping (a window a row) of "), args))
         return REFERENCE[fn_name](*args)
     with swapped(casa, fn_name, record):
         for fusion in fusions:
             for k, config in enumerate(MODELS):
                 model = tiny_model(fusion, seed=k, **config)
                 idx, images = random_batch(g, 3, 9, config["image_size"])
-                where[0] = f"row {{row}} of a 3-row batch of the {fusion} model ({describe(model.config)})"
+                where[:] = f"{{row}}a 3-row batch of the {fusion} model ({describe(model.config)})", 3
                 model(idx, images)
                 stream, frames = random_stream(g, STREAMS[k])
                 cache = model.new_cache()
                 for i, (ids, images) in enumerate(stream_calls(stream, frames_for(frames, config["image_size"]))):
-                    where[0] = (f"row {{row}} of the {fusion} model's cached call {i + 1} {shown(ids[0].tolist())} "
-                                f"({describe(model.config)})")
+                    where[:] = (f"{{row}}the {fusion} model's cached call {i + 1} {shown(ids[0].tolist())} "
+                                f"({describe(model.config)})"), ids.size(0)
                     model(ids, images, cache=cache)
     return calls

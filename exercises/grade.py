@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import casa  # noqa: E402
 from checks import (MARK, MODELS, REFERENCE, STREAMS, Wrong, check_model, check_stream,  # noqa: E402
-                    check_tensor, on_inputs_device, random_stream, situations, swapped, tiny_model)
+                    at, check_tensor, during, on_inputs_device, random_stream, situations, swapped, tiny_model)
 from common import UsageError, build, parse_options, run_script  # noqa: E402
 
 
@@ -69,9 +69,12 @@ def mask_error(kind, got, qp, qw, kp, kw, image):
 
 
 def check_may_attend(fn):
+    errors = []  # (rank, situation, its one line): the most telling mistake of every situation is reported
     for where, (kind, q_pos, q_win, k_pos, k_win) in situations("may_attend", casa.FUSIONS):
-        got, want = fn(kind, q_pos, q_win, k_pos, k_win), REFERENCE["may_attend"](kind, q_pos, q_win, k_pos, k_win)
-        check_tensor(got, want.shape, torch.bool, f"may_attend({kind!r}, ...)")
+        with during(at(where)):
+            got = fn(kind, q_pos, q_win, k_pos, k_win)
+        want = REFERENCE["may_attend"](kind, q_pos, q_win, k_pos, k_win)
+        check_tensor(got, want.shape, torch.bool, f"{at(where)}: may_attend({kind!r}, ...)")
         real = q_pos < casa.FAR_AWAY  # insertion's padding queries are thrown away: their masks do not matter
         wrong = (got != want) & real[:, None, :, None]
         if wrong.any():
@@ -79,7 +82,9 @@ def check_may_attend(fn):
             rank, line, b = min(mask_error(kind, bool(got[b, 0, i, j]), int(q_pos[b, i]), int(q_win[b, i]),
                                            int(k_pos[b, j]), int(k_win[b, j]), bool(image[b, j])) + (b,)
                                 for b, _, i, j in wrong.nonzero().tolist())
-            raise Wrong(f"{where.format(row=b)}: {line}")
+            errors.append((rank, len(errors), f"{at(where, b)}: {line}"))
+    if errors:
+        raise Wrong(min(errors)[2])
     q = torch.arange(3).expand(2, 3)
     try:
         fn("concat", q, q, q, q)
@@ -146,11 +151,12 @@ def rope_truth(x, pos, base, order):
 def check_rope(fn):
     g = torch.Generator().manual_seed(2)
     for B, H, L, D, base, dtype in ROPE_CASES:
-        order = rope_layout(fn, D, base)
         x = (torch.rand(B, H, L, D, generator=g) * 1.4 - 0.7).to(dtype)  # every pair shorter than 1
         pos = torch.randint(0, 300, (B, L), generator=g)
         pos[-1, -1], pos[0, 0] = 10 ** 6, 0  # a long stream's position, in the last row (not row 0)
-        out = fn(x, pos, base)
+        with during(f"rope on a {tuple(x.shape)} {str(dtype)[6:]} x, base {base:g}"):
+            order = rope_layout(fn, D, base)
+            out = fn(x, pos, base)
         check_tensor(out, x.shape, dtype, f"rope(x, pos, base) for a {tuple(x.shape)} {dtype} x")
         # float32 angles of a position p are good to about 1e-7 p radians (the reference's too); bfloat16 rounds
         tol = (3e-2 if dtype == torch.bfloat16 else 1e-4) + 3e-7 * pos[:, None, :, None].double()
@@ -184,12 +190,14 @@ def check_stream_slots(fn):
     if not torch.equal(got, torch.arange(5).expand(2, 5)):
         raise Wrong("without images every token must keep its own slot (0, 1, 2, ...)")
     for where, (is_image, n) in situations("stream_slots", ["insertion"]):
-        got, want = fn(is_image, n), REFERENCE["stream_slots"](is_image, n)
+        with during(at(where)):
+            got = fn(is_image, n)
+        want = REFERENCE["stream_slots"](is_image, n)
         check_tensor(got, want.shape, torch.long, "stream_slots(is_image, n)")
         for b, t in (got != want).nonzero().tolist()[:1]:
             what = (f"the marker at index {t} must land right after its image's {n} tokens" if is_image[b, t]
                     else f"the text token at index {t} must move {n} slots later for every marker before it")
-            raise Wrong(f"{where.format(row=b)}: {what}: slot {int(want[b, t])}, got {int(got[b, t])}")
+            raise Wrong(f"{at(where, b)}: {what}: slot {int(want[b, t])}, got {int(got[b, t])}")
     on_inputs_device(fn, (plain, 4), "stream_slots(is_image, n)")
     check_model("stream_slots", fn, ["insertion"], "the slots look right, but the model computes something else")
 
@@ -232,11 +240,13 @@ def check_extend_window(fn):
 
 
 def check_group_by_window(fn):
-    examples = [(f"row {{row}} of the batch with windows {w}", (torch.tensor(w),))
+    examples = [(f"{{row}}the batch with windows {w}", (torch.tensor(w),))
                 for w in ([[0, 0, 1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2, 2, 2]],
-                          [[1, 1, 1, 1, 1, 1], [0, 1, 1, 2, 3, 3], [0, 0, 0, 0, 1, 1]])]
+                          [[1, 1, 1, 1, 1, 1], [0, 1, 1, 2, 3, 3], [0, 0, 0, 0, 1, 1]],
+                          [[0, 0, 0, 1, 1, 1], [1, 1, 2, 2, 3, 3]])]
     for where, (win,) in examples + situations("group_by_window", ("cross", "casa")):
-        out = fn(win)
+        with during(at(where)):
+            out = fn(win)
         if not isinstance(out, tuple) or len(out) != 3:
             raise Wrong("group_by_window must return a tuple (group, slot, W)")
         (group, slot, W), (want_group, want_slot, want_W) = out, REFERENCE["group_by_window"](win)
@@ -244,15 +254,15 @@ def check_group_by_window(fn):
             raise Wrong(f"W must be a Python int (it sizes new tensors), got {type(W).__name__}")
         if W != want_W:
             widest = int((win[:, -1] - win[:, 0]).argmax())
-            raise Wrong(f"{where.format(row=widest)} spans the most windows, {want_W}: W must be {want_W}, got {W}")
+            raise Wrong(f"{at(where, widest)} spans the most windows, {want_W}: W must be {want_W}, got {W}")
         check_tensor(group, win.shape, torch.long, "group")
         check_tensor(slot, win.shape, torch.long, "slot")
         for b, t in (group != want_group).nonzero().tolist()[:1]:
-            raise Wrong(f"{where.format(row=b)}: its token {t} (window {int(win[b, t])}) must go to row "
+            raise Wrong(f"{at(where, b)}: its token {t} (window {int(win[b, t])}) must go to row "
                         f"{int(want_group[b, t])} (row * W + its window - the row's first window), got "
                         f"{int(group[b, t])}")
         for b, t in (slot != want_slot).nonzero().tolist()[:1]:
-            raise Wrong(f"{where.format(row=b)}: its token {t} must sit at slot {int(want_slot[b, t])} of its window "
+            raise Wrong(f"{at(where, b)}: its token {t} must sit at slot {int(want_slot[b, t])} of its window "
                         f"(slots count from 0 at each window's first token), got {int(slot[b, t])}")
 
     def dense(model):  # the reference: the same weights through one dense mask

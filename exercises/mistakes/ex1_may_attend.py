@@ -1,0 +1,91 @@
+"""Exercise 1 (may_attend): wrong answers and right ones written differently from casa.py's."""
+import torch
+
+
+def causal(q_pos, k_pos):
+    return k_pos[:, None, :] <= q_pos[:, :, None]
+
+
+def same_window(q_win, k_win):
+    return k_win[:, None, :] == q_win[:, :, None]
+
+
+def masks(self, cross, casa):
+    """A may_attend from the three masks' rules, each a function of (q_pos, q_win, k_pos, k_win) -> (B, Tq, Tk)."""
+    def may_attend(kind, *args):
+        if kind not in ("self", "cross", "casa"):
+            raise ValueError(kind)
+        return {"self": self, "cross": cross, "casa": casa}[kind](*args)[:, None]
+    return may_attend
+
+
+RIGHT_SELF = lambda qp, qw, kp, kw: causal(qp, kp)  # noqa: E731
+RIGHT_CROSS = lambda qp, qw, kp, kw: same_window(qw, kw)  # noqa: E731
+RIGHT_CASA = lambda qp, qw, kp, kw: causal(qp, kp) & same_window(qw, kw)  # noqa: E731
+
+
+def by_index(qp, qw, kp, kw):  # causal by index, as in a GPT without a cache: query i sees keys 0..i
+    return torch.ones(qp.size(1), kp.size(1), dtype=torch.bool).tril().expand(qp.size(0), -1, -1)
+
+
+def by_index_on_cpu(qp, qw, kp, kw):  # right in every call (the latest Tq of Tk keys), but built on the CPU
+    return torch.ones(qp.size(1), kp.size(1), dtype=torch.bool).tril(kp.size(1) - qp.size(1)).expand(qp.size(0),
+                                                                                                       -1, -1)
+
+
+def row_zero(qp, qw, kp, kw):  # batch-of-one code: row 0's windows for every row
+    return (causal(qp, kp) & same_window(qw[:1], kw[:1])).expand(qp.size(0), -1, -1)
+
+
+seen = {}
+
+
+def remembered(kind, q_pos, q_win, k_pos, k_win):  # stale state: computes each kind's mask once
+    if kind not in seen:
+        seen[kind] = masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, q_pos, q_win, k_pos, k_win)
+    return seen[kind]
+
+
+def loops(kind, q_pos, q_win, k_pos, k_win):  # the rules cell by cell
+    if kind not in ("self", "cross", "casa"):
+        raise ValueError(f"unknown kind {kind}")
+    B, Tq, Tk = q_pos.size(0), q_pos.size(1), k_pos.size(1)
+    mask = torch.zeros(B, 1, Tq, Tk, dtype=torch.bool, device=q_pos.device)
+    for b in range(B):
+        for i in range(Tq):
+            for j in range(Tk):
+                earlier, same = int(k_pos[b, j]) <= int(q_pos[b, i]), int(k_win[b, j]) == int(q_win[b, i])
+                mask[b, 0, i, j] = {"self": earlier, "cross": same, "casa": earlier and same}[kind]
+    return mask
+
+
+def with_where(kind, q_pos, q_win, k_pos, k_win):  # unsqueeze and torch.where instead of indexing with None
+    q_pos, q_win, k_pos, k_win = q_pos.unsqueeze(2), q_win.unsqueeze(2), k_pos.unsqueeze(1), k_win.unsqueeze(1)
+    if kind == "self":
+        return k_pos.le(q_pos).unsqueeze(1)
+    if kind == "cross":
+        return k_win.eq(q_win).unsqueeze(1)
+    if kind == "casa":
+        return torch.where(k_win == q_win, k_pos <= q_pos, False).unsqueeze(1)
+    raise ValueError(kind)
+
+
+WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
+    "self_by_index": (masks(by_index, RIGHT_CROSS, RIGHT_CASA), "cached call 2"),
+    "self_on_cpu": (masks(by_index_on_cpu, RIGHT_CROSS, RIGHT_CASA), "inputs of another device"),
+    "self_strict": (masks(lambda qp, qw, kp, kw: kp[:, None] < qp[:, :, None], RIGHT_CROSS, RIGHT_CASA),
+                    "missed itself"),
+    "casa_without_causal": (masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CROSS), "saw a later key"),
+    "casa_as_self": (masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_SELF), "text of an earlier window reached a casa query"),
+    "cross_every_earlier_image": (masks(RIGHT_SELF, lambda qp, qw, kp, kw: kw[:, None] <= qw[:, :, None], RIGHT_CASA),
+                                  "an image of an earlier window reached a cross query"),
+    "cross_previous_window": (masks(RIGHT_SELF, lambda qp, qw, kp, kw: kw[:, None] == qw[:, :, None] - 1, RIGHT_CASA),
+                              "an image of an earlier window reached a cross query"),
+    "casa_row_zero": (masks(RIGHT_SELF, RIGHT_CROSS, row_zero), "row 1 of the block-wise regrouping"),
+    "no_value_error": (lambda kind, *a: masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(
+        kind if kind in ("self", "cross", "casa") else "self", *a), "must raise ValueError"),
+    "no_head_axis": (lambda kind, *a: masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, *a)[:, 0], "must be a"),
+    "float_mask": (lambda kind, *a: masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, *a).float(), "torch.bool"),
+    "remembered": (remembered, "must be a"),
+}
+RIGHT = {"loops": loops, "with_where": with_where}

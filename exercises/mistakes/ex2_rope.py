@@ -1,0 +1,71 @@
+"""Exercise 2 (rope): wrong answers, and right ones in other layouts of the pairs (still RoPE)."""
+import torch
+
+
+def half_split(x, pos, base, exponent=lambda i, half: -i / half, dtype=torch.float32, rows=None, device=None):
+    """RoPE on pairs (i, i + D/2), with the mistakes below as options: the exponent of base, the dtype of the
+    angles, which row's positions every row uses, and the device of the frequencies."""
+    half = x.size(-1) // 2
+    i = torch.arange(half, device=device or x.device, dtype=dtype)
+    pos = pos if rows is None else pos[rows].expand_as(pos)
+    angles = pos[:, None, :, None].to(dtype) * base ** exponent(i, half)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+def interleaved(x, pos, base):  # pairs (2i, 2i + 1), as in the RoPE paper and GPT-J
+    half = x.size(-1) // 2
+    angles = pos[:, None, :, None].float() * base ** (-torch.arange(half, device=x.device) / half)
+    x1, x2 = x[..., 0::2].float(), x[..., 1::2].float()
+    out = torch.stack([x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()], -1)
+    return out.flatten(-2).to(x.dtype)
+
+
+def complex_numbers(x, pos, base):  # Llama's: each pair (2i, 2i + 1) a complex number, turned by multiplying
+    half = x.size(-1) // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)
+    turn = torch.polar(torch.ones(1, device=x.device, dtype=torch.float64), pos[:, None, :, None].double() * freqs)
+    z = torch.view_as_complex(x.double().unflatten(-1, (half, 2)).contiguous())
+    return torch.view_as_real(z * turn).flatten(-2).to(x.dtype)
+
+
+def pair_by_pair(x, pos, base):  # a loop over pairs, the slowest pair first, turning clockwise: still RoPE
+    half, out = x.size(-1) // 2, torch.empty_like(x)
+    for i in range(half):
+        a = pos[:, None, :].float() * base ** (-(half - 1 - i) / half)
+        out[..., i] = x[..., i] * a.cos() + x[..., i + half] * a.sin()
+        out[..., i + half] = -x[..., i] * a.sin() + x[..., i + half] * a.cos()
+    return out
+
+
+def head_dim_eight(x, pos, base):  # hard-coded D = 8
+    angles = pos[:, None, :, None].float() * base ** (-torch.arange(4, device=x.device) / 4)
+    x1, x2 = x[..., :4], x[..., 4:]
+    return torch.cat([x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()], -1)
+
+
+def pos_per_head(x, pos, base):  # positions broadcast against heads instead of rows: right when B == H or 1
+    half = x.size(-1) // 2
+    angles = pos[..., None].float() * base ** (-torch.arange(half, device=x.device) / half)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()], -1)
+
+
+WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
+    "angles_in_input_dtype": (lambda x, pos, base: half_split(x, pos, base, dtype=x.dtype), "in float32"),
+    "hard_coded_base": (lambda x, pos, base: half_split(x, pos, 10000.0), "not RoPE's (D=16, base 100)"),
+    "row_zero_positions": (lambda x, pos, base: half_split(x, pos, base, rows=slice(0, 1)), "(row 1, head 0"),
+    "exponent_over_d": (lambda x, pos, base: half_split(x, pos, base, exponent=lambda i, half: -i / (2 * half)),
+                        "not RoPE's (D=8"),
+    "exponent_off_by_one": (lambda x, pos, base: half_split(x, pos, base, exponent=lambda i, half: -(i + 1) / half),
+                            "not RoPE's"),
+    "float32_out": (lambda x, pos, base: half_split(x.float(), pos, base), "bfloat16 x must be a"),
+    "does_nothing": (lambda x, pos, base: x, "returned x unchanged"),
+    "frequencies_on_cpu": (lambda x, pos, base: half_split(x, pos, base, device="cpu"),
+                           "inputs of another device"),
+    "head_dim_eight": (head_dim_eight, "(3, 1, 5, 16) float32 x, base 100: raised"),
+    "pos_per_head": (pos_per_head, "(row 1, head 0"),
+    "no_sign": (lambda x, pos, base: half_split(x, pos, base).abs(), "keeping each pair's length"),
+}
+RIGHT = {"interleaved": interleaved, "complex_numbers": complex_numbers, "pair_by_pair": pair_by_pair}
