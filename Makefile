@@ -34,7 +34,7 @@ demo: setup
 
 # The paper's accuracy claims at toy scale (README: Accuracy of the three fusions); resumes if interrupted.
 paper: setup
-	$(PY) bench.py paper
+	$(PY) experiments.py paper
 
 # The exercises (exercises/README.md): make grade EX=1, or every one.
 EX ?= all

@@ -1,0 +1,445 @@
+"""
+Train models and score them: the experiments behind the README's accuracy claims (bench.py measures the costs of
+untrained models; these train).
+
+    python experiments.py learn --json results/learn.json --png results/learn.png
+        time to accuracy: trains each fusion with train.py (same data, same budget, one at a time) and reports the
+        iterations, training seconds and text tokens until colour, shape, count and position first reach 50, 80
+        and 90%; --vision_iters first pretrains one vision encoder that every fusion starts from
+    python experiments.py paper              (make paper; --quick: tiny budgets, a minute or two)
+        the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one text-only
+        LM (setting (i)), cross and CASA adapting the frozen insertion VLM (setting (ii)), live captioning; writes
+        results/paper.json, .md, .png and a captioned GIF
+
+Every run is a job of one runner (run_jobs): a process of its own, keeping its folder in --out_dir (checkpoint,
+log, stdout.txt), so a rerun resumes what was interrupted and skips what is done; with every run done, a rerun only
+scores and draws again. --redraw draws the picture (and paper's tables) again from --json alone, training nothing.
+
+Options are --key=value or --key value: each command's own (see --help after the command) and the model options
+of train.py (e.g. --n_embd=256).
+"""
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+
+import data
+import figures
+import scenes
+from casa import FUSIONS, VLMConfig, check_fields
+from common import (UsageError, build, caption_stream, check_writable, load_checkpoint, load_model, model_config,
+                    parse_options, run_script)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class LearnOptions:
+    fusions: str = ",".join(FUSIONS)  # comma-separated; trained one after another, each with the whole machine
+    out_dir: str = "out-learn"    # one train.py run per fusion in OUT_DIR/FUSION (and the encoder in OUT_DIR/vision)
+    vision_iters: int = 0         # first pretrain the vision encoder this many iterations (pretrain_vision.py),
+                                  # once, and start every fusion from it; its time counts in every fusion's total
+    train_args: str = ""          # more train.py options, as on its command line (e.g. "--max_iters=600 --lr=3e-3")
+    json: str = ""                # write the results here
+    png: str = ""                 # accuracy against training seconds, a panel per task, a line per fusion
+    redraw: bool = False          # train nothing: draw --png again from the results in --json
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(vision_iters=0))
+        if not self.fusion_list:  # each name is checked with the model options, in main
+            raise ValueError(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}, got {self.fusions!r}")
+        try:
+            shlex.split(self.train_args)
+        except ValueError as e:
+            raise ValueError(f"--train_args: {e}") from None
+
+    @property
+    def fusion_list(self):
+        return [f for f in self.fusions.split(",") if f]
+
+
+@dataclass
+class PaperOptions:
+    out_dir: str = "out-paper"    # every run keeps its folder here (checkpoint, log, eval.json): a rerun resumes
+    quick: bool = False           # tiny models and budgets, a minute or two: checks the pipeline, not the claims
+    jobs: int = 2                 # training runs at once (each on cpu_count / jobs threads)
+    json: str = "results/paper.json"
+    md: str = "results/paper.md"  # the tables
+    png: str = "results/paper.png"  # per-task accuracy bars, a bar per variant, the blind baseline marked
+    gif: str = "results/paper_casa.gif"  # a held-out clip captioned live by the casa model
+    redraw: bool = False          # train nothing: write --md and draw --png again from the results in --json
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(jobs=1))
+
+
+COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
+            for name, cls in (("learn", LearnOptions), ("paper", PaperOptions))}
+
+
+# ------------------------------------------------------------------------------------------------ the job runner
+
+
+@dataclass
+class Job:
+    """One run of another script, in a process of its own (scripts are peers: they share no imports), its output
+    in OUT_DIR/stdout.txt. A training run (train.py, pretrain_vision.py) gets --out_dir and keeps its checkpoint
+    there: a rerun resumes it, or skips it once the checkpoint reached `iters` (None: the budget the checkpoint
+    records). Any other job (trains=False) runs every time."""
+    script: str
+    out_dir: str
+    argv: list
+    iters: int | None = None
+    trains: bool = True
+
+
+def finished(job):
+    path = os.path.join(job.out_dir, "ckpt.pt")
+    if not (job.trains and os.path.exists(path)):
+        return False
+    ckpt = load_checkpoint(path)
+    return ckpt.get("iter", 0) >= (job.iters or ckpt["train_config"]["max_iters"])
+
+
+def run_jobs(jobs, n=1):
+    """Run the unfinished jobs in order, n at a time, each on its share of the cores. A failed job stops the
+    others (each keeps its last checkpoint) and ends in one line naming its stdout.txt."""
+    todo, running = [j for j in jobs if not finished(j)], []
+    if not todo:
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // min(n, len(todo))))}
+    try:
+        while todo or running:
+            while todo and len(running) < n:
+                job = todo.pop(0)
+                os.makedirs(job.out_dir, exist_ok=True)
+                resume = job.trains and os.path.exists(os.path.join(job.out_dir, "ckpt.pt"))
+                print(f"{'resuming' if resume else 'training' if job.trains else 'running'}: {job.script} "
+                      f"--out_dir={job.out_dir}", flush=True)
+                out = open(os.path.join(job.out_dir, "stdout.txt"), "a")
+                argv = [sys.executable, job.script, *([f"--out_dir={job.out_dir}"] if job.trains else []), *job.argv,
+                        *(["--init_from=resume"] if resume else [])]
+                running.append((job, out, subprocess.Popen(argv, cwd=HERE, stdout=out, stderr=subprocess.STDOUT,
+                                                           env=env)))
+            time.sleep(0.2)
+            for entry in [r for r in running if r[2].poll() is not None]:
+                running.remove(entry)
+                job, out, proc = entry
+                out.close()
+                if proc.returncode:
+                    raise UsageError(f"{job.script} --out_dir={job.out_dir} failed (exit {proc.returncode}): "
+                                     f"see {os.path.join(job.out_dir, 'stdout.txt')}")
+    finally:  # interrupted or failed: the others stop too, each keeping its last checkpoint
+        for _, out, proc in running:
+            proc.terminate()
+            proc.wait()
+            out.close()
+
+
+def eval_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [e for e in map(json.loads, f) if e.get("kind") == "eval"]
+
+
+# ------------------------------------------------------------------------------------------------ learn
+
+LEARN_TASKS = ("color", "shape", "count", "position")
+THRESHOLDS = (0.5, 0.8, 0.9)
+
+
+def first_reached(curve, offset_s):
+    """Per task and threshold, the first eval at or above it: its iteration, training seconds (with the encoder's
+    pretraining seconds, offset_s) and text tokens; None if never reached."""
+    table = {}
+    for task in LEARN_TASKS:
+        table[task] = {}
+        for level in THRESHOLDS:
+            hit = next((e for e in curve if e["accuracy"].get(task, 0) >= level), None)
+            table[task][f"{level:.0%}"] = None if hit is None else {
+                "iter": hit["iter"], "train_s": round(offset_s + hit["train_s"], 1), "text_tokens": hit["text_tokens"]}
+    return table
+
+
+def learn(args, overrides):
+    """The encoder (with --vision_iters), then each fusion from it, one run at a time: every run's seconds are
+    measured on the whole machine."""
+    model_argv = [f"--{k}={v}" for k, v in overrides.items()]
+    where = lambda *parts: os.path.join(args.out_dir, *parts)
+    vision = [Job("pretrain_vision.py", where("vision"), [f"--max_iters={args.vision_iters}",
+                                                          f"--eval_interval={args.vision_iters}", *model_argv],
+                  args.vision_iters)] if args.vision_iters else []
+    init = [f"--init_from={where('vision', 'ckpt.pt')}"] if vision else []
+    runs = {f: Job("train.py", where(f), [f"--fusion={f}", *init, *model_argv, *shlex.split(args.train_args)])
+            for f in args.fusion_list}
+    run_jobs([*vision, *runs.values()])
+    vision_s = eval_log(where("vision"))[-1]["train_s"] if vision else 0.0  # drawing its scenes included, as train_s
+    results = {}
+    for fusion, job in runs.items():
+        curve = eval_log(job.out_dir)
+        results[fusion] = {"vision_pretrain_s": vision_s, "reached": first_reached(curve, vision_s),
+                           "curve": [{k: e[k] for k in ("iter", "train_s", "data_s", "text_tokens", "accuracy",
+                                                        "blind_accuracy", "shifted_accuracy") if k in e}
+                                     for e in curve]}
+    return results
+
+
+def learn_table(results):
+    rows = [f"{'fusion':<10} {'task':<9} " + " ".join(f"{'to ' + f'{t:.0%}':>22}" for t in THRESHOLDS),
+            f"{'':<20} " + " ".join(f"{'iter / s / tokens':>22}" for _ in THRESHOLDS)]
+    for fusion, r in results.items():
+        for task, levels in r["reached"].items():
+            cells = ["-" if hit is None else f"{hit['iter']} / {hit['train_s']:.0f} / {hit['text_tokens']:,}"
+                     for hit in levels.values()]
+            rows.append(f"{fusion:<10} {task:<9} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(rows)
+
+
+def draw_learning_curves(results, path):
+    """A panel per task: held-out accuracy against the seconds since the encoder's pretraining began, a line per
+    fusion; the pretraining (shared by every fusion, before their first eval) shaded."""
+    vision_s = max(r["vision_pretrain_s"] for r in results.values())
+    stage = (0, vision_s, f"encoder\npretraining\n({vision_s:.0f} s)") if vision_s else None
+    panels = [(f"{task}: held-out accuracy", "seconds of training (encoder included)", "accuracy",
+               {fusion: [(r["vision_pretrain_s"] + e["train_s"], e["accuracy"].get(task, 0)) for e in r["curve"]]
+                for fusion, r in results.items()}) for task in LEARN_TASKS]
+    figures.line_panels(panels, cols=2, panel=(640, 400), y=(0, 1), yfmt=figures.percent, stage=stage).save(path)
+
+
+# ------------------------------------------------------------------------------------------------ paper
+# The paper's comparisons at toy scale (PAPER.md: settings (i) and (ii), Tables 2 and 3, live captioning). Every
+# VLM starts from one text-only LM, which starts from one pretrained vision encoder; variants differ in the fusion
+# only: same data, same budget, same learning rates, same seeds.
+
+COARSE_TASKS, FINE_TASKS = LEARN_TASKS, ("reading", "multi_image")
+VARIANTS = {"insertion": ["--fusion=insertion"], "cross": ["--fusion=cross"],
+            "cross_every2": ["--fusion=cross", "--cross_every=2"], "cross_gate": ["--fusion=cross", "--gate=true"],
+            "cross_shared": ["--fusion=cross", "--share_weights=true"], "casa": ["--fusion=casa"]}
+ADAPTED = ("cross", "casa")  # setting (ii): new layers on the frozen insertion VLM of setting (i), first seed
+SEEDS = (1337, 1338)
+# iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
+BUDGETS = {"full": dict(vision=800, lm=400, vlm=800, adapt=300, video=300, eval_per_task=64, clips=16, frames=8),
+           "quick": dict(vision=2, lm=2, vlm=2, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
+QUICK_MODEL = dict(image_size=32, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2, n_embd=32)
+LEARNING_RATES = ["--lr=6e-3", "--pretrained_lr=1e-3", "--warmup_iters=50"]  # new layers; everything pretrained
+
+
+def final_eval(job):
+    with open(os.path.join(job.out_dir, "eval.json")) as f:
+        result = json.load(f)
+    return {k: result[k] for k in ("iter", "train_s", "accuracy", "blind_accuracy") if k in result}
+
+
+def summary(accuracy):
+    """The tasks, then the means the paper's tables report: coarse, fine-grained and all tasks."""
+    mean = lambda tasks: sum(accuracy[t] for t in tasks) / len(tasks)
+    return {**accuracy, "coarse": mean(COARSE_TASKS), "fine": mean(FINE_TASKS),
+            "mean": mean(COARSE_TASKS + FINE_TASKS)}
+
+
+def named(caption):
+    """The colours and shapes a caption names: the softer score asks only for these."""
+    return sorted(w for w in caption.split() if w in scenes.COLORS or w in scenes.SHAPES)
+
+
+def caption_scores(ckpt_path, n_clips, frames):
+    """Held-out clips streamed through the live-captioning path, frame by frame: exact match and the share of
+    frames whose caption names the right colours and shapes, for the real frames and for blank ones (the blind
+    baseline); milliseconds per frame and the cache after a clip."""
+    model, tok, _ = load_model(ckpt_path, "cpu")
+    size, scores = model.config.image_size, {}
+    gray = Image.new("RGB", (size, size), data.GRAY)
+    for blind in (False, True):
+        hits, soft, seconds = 0, 0, []
+        for i in range(n_clips):
+            clip = scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames)
+            shown = [gray if blind else turn.images[0] for turn in clip.turns]
+            for turn, (said, s, cache) in zip(clip.turns, caption_stream(model, tok, shown, "cpu", 24)):
+                hits, soft = hits + (said == turn.answer), soft + (named(said) == named(turn.answer))
+                seconds.append(s)
+        prefix = "blind_" if blind else ""
+        scores.update({f"{prefix}exact": hits / len(seconds), f"{prefix}soft": soft / len(seconds)})
+        if not blind:
+            stats = cache.stats()
+            scores.update(frames=len(seconds), ms_per_frame=1000 * sum(seconds) / len(seconds),
+                          cache_tokens=stats["tokens"], cache_bytes=stats["bytes"])
+    return scores
+
+
+def paper(args, overrides):
+    """Four stages, each a set of train.py / pretrain_vision.py runs in OUT_DIR (finished ones are skipped):
+    the vision encoder; the text-only LM on it; setting (i) (every variant and seed from the LM) with the video
+    models (insertion, cross, casa from the LM, on clips); setting (ii) (cross and casa on the frozen insertion
+    model of the first seed). Then the scores: each run's final eval.json, and live captions of held-out clips."""
+    b = BUDGETS["quick" if args.quick else "full"]
+    overrides = {**(QUICK_MODEL if args.quick else {}), **overrides}
+    small = ["--batch_size=4"] if args.quick else []
+    where = lambda *parts: os.path.join(args.out_dir, *parts)
+    vision = Job("pretrain_vision.py", where("vision"),
+                 [f"--max_iters={b['vision']}", f"--eval_interval={b['vision']}", *small,
+                  *(["--eval_scenes=8"] if args.quick else []), *[f"--{k}={v}" for k, v in overrides.items()]],
+                 b["vision"])
+    def vqa(iters, init, tasks=",".join(COARSE_TASKS + FINE_TASKS), eval_per_task=b["eval_per_task"]):
+        return [f"--init_from={init}", f"--tasks={tasks}", f"--max_iters={iters}",
+                f"--eval_interval={max(1, iters // 2)}", f"--eval_per_task={eval_per_task}", "--progress=false",
+                *LEARNING_RATES, *small]
+    # the LM alone, on the same questions with each image described in words (scenes.as_text); no fusion layers
+    lm = Job("train.py", where("lm"), [*vqa(b["lm"], where("vision", "ckpt.pt")), "--text_only=true",
+                                       "--fusion=insertion"], b["lm"])
+    lm_ckpt = where("lm", "ckpt.pt")
+    setting_i = {(v, seed): Job("train.py", where("i", f"{v}_s{seed}"),
+                                [*vqa(b["vlm"], lm_ckpt), *flags, f"--seed={seed}"], b["vlm"])
+                 for v, flags in VARIANTS.items() for seed in SEEDS}
+    video = {f: Job("train.py", where("video", f),
+                    [*vqa(b["video"], lm_ckpt, "video", b["clips"]), f"--fusion={f}", f"--frames={b['frames']}",
+                     *([] if args.quick else ["--batch_size=8"])], b["video"]) for f in FUSIONS}
+    source = setting_i[("insertion", SEEDS[0])]
+    adapted = {f: Job("train.py", where("ii", f),
+                      [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt")), f"--fusion={f}",
+                       "--pretrained_lr=0", f"--seed={SEEDS[0]}"], b["adapt"]) for f in ADAPTED}
+    for stage in ([vision], [lm], [*setting_i.values(), *video.values()], [*adapted.values()]):
+        run_jobs(stage, args.jobs)
+
+    results = {"budget": b, "model": overrides, "lm_on_descriptions": final_eval(lm), "setting_i": {},
+               "setting_ii": {}, "captioning": {}}
+    for v in VARIANTS:
+        runs = {seed: final_eval(setting_i[(v, seed)]) for seed in SEEDS}
+        average = lambda key: {t: sum(r[key][t] for r in runs.values()) / len(runs) for t in runs[SEEDS[0]][key]}
+        results["setting_i"][v] = {"mean": summary(average("accuracy")), "blind": summary(average("blind_accuracy")),
+                                   "seeds": {seed: {**r, **summary(r["accuracy"])} for seed, r in runs.items()}}
+    base = summary(final_eval(source)["accuracy"])
+    results["setting_ii"]["insertion"] = {"accuracy": base}
+    for f, job in adapted.items():
+        r = final_eval(job)
+        acc = summary(r["accuracy"])
+        results["setting_ii"][f] = {"accuracy": acc, "blind": summary(r["blind_accuracy"]),
+                                    "drop": {t: base[t] - acc[t] for t in acc}, "train_s": r["train_s"]}
+    for f, job in video.items():
+        path = os.path.join(job.out_dir, "captions.json")
+        if not os.path.exists(path):  # scored once; a second invocation only re-draws
+            with open(path, "w") as out:
+                json.dump(caption_scores(os.path.join(job.out_dir, "ckpt.pt"), b["clips"], b["frames"]), out)
+        with open(path) as f_in:
+            results["captioning"][f] = {**json.load(f_in), "train_s": final_eval(job)["train_s"]}
+    if args.gif:  # a held-out clip (seed EVAL_SEED0), captioned by casa through sample.py itself
+        run_jobs([Job("sample.py", where("gif"), [f"--ckpt={os.path.join(video['casa'].out_dir, 'ckpt.pt')}",
+                                                   f"--video=synthetic:{scenes.EVAL_SEED0}", f"--gif={args.gif}"],
+                      trains=False)])
+    return results
+
+
+def percent(x):
+    return f"{100 * x:.1f}"
+
+
+def paper_tables(r):
+    """Markdown: setting (i) in the shape of the paper's Table 2, setting (ii) as its Table 3, live captioning."""
+    columns = [*COARSE_TASKS, *FINE_TASKS, "coarse", "fine", "mean"]
+    head = lambda *names: ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
+    lines = ["### Setting (i): from a text-only LM (mean of seeds " + " and ".join(map(str, SEEDS))
+             + "; each seed in brackets)", "", *head("variant", *columns)]
+    for v, row in r["setting_i"].items():
+        cells = [f"{percent(row['mean'][c])} ({' / '.join(percent(s[c]) for s in row['seeds'].values())})"
+                 for c in columns]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append(f"| {v}, blind | " + " | ".join(percent(row["blind"][c]) for c in columns) + " |")
+    lm = summary(r["lm_on_descriptions"]["accuracy"])
+    lines.append("| text-only LM, reading descriptions | " + " | ".join(percent(lm[c]) for c in columns) + " |")
+    lines += ["", "### Setting (ii): adapting the frozen insertion VLM (seed " + str(SEEDS[0]) + ")", ""]
+    lines += head("model", *columns, "drop (points, mean)")
+    for name, row in r["setting_ii"].items():
+        drop = f"{100 * row['drop']['mean']:.1f}" if "drop" in row else "-"
+        label = "insertion (the source)" if name == "insertion" else f"{name}, adapted"
+        lines.append(f"| {label} | " + " | ".join(percent(row["accuracy"][c]) for c in columns) + f" | {drop} |")
+    lines += ["", f"### Live captioning ({r['budget']['clips']} held-out clips of {r['budget']['frames']} frames, "
+              "one persistent cache)", "",
+              *head("fusion", "exact", "names colours and shapes", "blind exact", "blind names", "ms / frame",
+                    "cached tokens after a clip", "cache KiB")]
+    for f, c in r["captioning"].items():
+        lines.append(f"| {f} | {percent(c['exact'])} | {percent(c['soft'])} | {percent(c['blind_exact'])} | "
+                     f"{percent(c['blind_soft'])} | {c['ms_per_frame']:.1f} | {c['cache_tokens']} | "
+                     f"{c['cache_bytes'] / 1024:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_bars(r, path, group_width=150, height=460):
+    """Accuracy per task (and the means), a group per task, a bar per variant; a black line marks the best blind
+    baseline of the group."""
+    groups = [*COARSE_TASKS, *FINE_TASKS, "mean"]
+    series = {v: row["mean"] for v, row in r["setting_i"].items()}
+    series.update({f"{f} (ii)": row["accuracy"] for f, row in r["setting_ii"].items() if f != "insertion"})
+    blind = {g: max(row["blind"][g] for row in r["setting_i"].values()) for g in groups}
+    image = Image.new("RGB", (80 + group_width * len(groups), height), "white")
+    ax = figures.Axes(image, (0, 0, image.width, height - 70), (0, len(groups)), (0, 1),
+                      "held-out accuracy per task: setting (i) from the text-only LM, mean of two seeds; "
+                      "(ii) adapting the frozen insertion VLM", ylabel="accuracy", yfmt=figures.percent,
+                      xticks=[(g + 0.5, task) for g, task in enumerate(groups)])
+    bar = 0.85 / len(series)
+    for g, task in enumerate(groups):
+        x0 = g + 0.075
+        for i, (name, color) in enumerate(figures.colors(series).items()):
+            ax.bar(x0 + i * bar, x0 + (i + 0.85) * bar, series[name][task], color, name)
+        ax.hline(x0 - 0.02, x0 + len(series) * bar + 0.02, blind[task])
+    figures.legend(ax.draw, (ax.left, height - 62),
+                   [*ax.entries.items(), ("best blind baseline (the line)", figures.INK)], columns=5)
+    image.save(path)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def read_json(path):
+    """The results an earlier run wrote (to draw them again)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--json={path}: cannot read results from it ({e})") from None
+
+
+def main(argv):
+    command, (options, overrides) = parse_options(argv, None, __doc__, COMMANDS)
+    args = build(dict(COMMANDS[command])[f"{command} options"], options)
+    tok = data.Tokenizer()
+    model_config(overrides, tok)  # bad model options refused here, before any run
+    for fusion in getattr(args, "fusion_list", ()):  # and a bad name in learn's --fusions
+        model_config({**overrides, "fusion": fusion}, tok)
+    for option in ("json", "png", "md", "gif"):
+        if not (args.redraw and option == "json"):
+            check_writable(getattr(args, option, ""), option)
+    start = time.time()
+    if args.redraw:
+        results = read_json(args.json)
+    elif command == "learn":
+        results = learn(args, overrides)
+    else:
+        results = paper(args, overrides)
+    if command == "learn":
+        runs = {k: v for k, v in results.items() if k in FUSIONS}
+        print(learn_table(runs))
+        if args.png:
+            draw_learning_curves(runs, args.png)
+    else:
+        tables = paper_tables(results)
+        print(tables)
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(tables)
+        if args.png:
+            draw_bars(results, args.png)
+    if args.json and not args.redraw:
+        machine = {"torch": torch.__version__, "python": platform.python_version(),
+                   "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+        extra = {"wall_s_this_invocation": time.time() - start} if command == "paper" else {}
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "options": asdict(args), **extra, **results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    run_script(main, "experiments.py")

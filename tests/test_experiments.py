@@ -1,0 +1,182 @@
+"""Tests for experiments.py: the job runner (skip, resume), time to accuracy (learn) end to end on the tiny model,
+the paper's comparison (--quick) with its tables and pictures, re-drawing from the JSON alone, and one-line errors
+before any run starts."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import casa
+import experiments
+from conftest import MODEL, load, ok, one_clean_line, run, run_preloaded
+
+
+def test_first_reached_finds_the_first_eval_at_each_level():
+    curve = [{"iter": 10, "train_s": 5.0, "text_tokens": 100, "accuracy": {"color": 0.4, "shape": 0.85}},
+             {"iter": 20, "train_s": 9.0, "text_tokens": 200, "accuracy": {"color": 0.8, "shape": 0.5}},
+             {"iter": 30, "train_s": 14.0, "text_tokens": 300, "accuracy": {"color": 0.95, "shape": 0.95}}]
+    table = experiments.first_reached(curve, offset_s=100.0)
+    assert table["color"] == {"50%": {"iter": 20, "train_s": 109.0, "text_tokens": 200},
+                              "80%": {"iter": 20, "train_s": 109.0, "text_tokens": 200},
+                              "90%": {"iter": 30, "train_s": 114.0, "text_tokens": 300}}
+    assert table["shape"]["50%"]["iter"] == 10 and table["shape"]["90%"]["iter"] == 30
+    assert table["count"] == {"50%": None, "80%": None, "90%": None}  # a task never evaluated never reached
+
+
+def test_learn_smoke_run_then_rerun_only_redraws(tmp_path):
+    """experiments.py learn end to end on the tiny model: one shared pretrained encoder, two fusions, a curve each;
+    run again, it trains nothing (every job is done) and gives the same results; --redraw needs only the JSON."""
+    train_args = "--max_iters=4 --eval_interval=2 --batch_size=4 --eval_per_task=2 --progress=false " \
+                 "--tasks=color,shape,count,position"
+    argv = ["learn", "--fusions=insertion,casa", f"--out_dir={tmp_path / 'learn'}", "--vision_iters=2",
+            f"--train_args={train_args}", f"--json={tmp_path / 'l.json'}", f"--png={tmp_path / 'l.png'}", *MODEL]
+    r = ok(run("experiments.py", *argv))
+    assert "to 90%" in r.stdout and r.stdout.count("training: ") == 3  # the encoder, then each fusion
+    result = json.loads((tmp_path / "l.json").read_text())
+    assert set(result) == {"machine", "options", "insertion", "casa"}
+    for fusion in ("insertion", "casa"):
+        res = result[fusion]
+        assert res["vision_pretrain_s"] > 0
+        assert [e["iter"] for e in res["curve"]] == [2, 4]
+        assert {"train_s", "data_s", "text_tokens", "accuracy", "blind_accuracy", "shifted_accuracy"} <= set(
+            res["curve"][0])
+        assert set(res["reached"]) == {"color", "shape", "count", "position"}
+        assert all(set(levels) == {"50%", "80%", "90%"} for levels in res["reached"].values())
+    assert (tmp_path / "learn" / "vision" / "ckpt.pt").exists()  # one encoder, shared by both fusions
+    assert Image.open(tmp_path / "l.png").size == (1280, 800)
+
+    ckpts = sorted((tmp_path / "learn").rglob("ckpt.pt"))
+    stamps = [p.stat().st_mtime_ns for p in ckpts]
+    again = ok(run_preloaded("experiments.py", *argv))
+    assert "training:" not in again.stdout and [p.stat().st_mtime_ns for p in ckpts] == stamps
+    assert {k: v for k, v in json.loads((tmp_path / "l.json").read_text()).items() if k != "machine"} == {
+        k: v for k, v in result.items() if k != "machine"}
+
+    (tmp_path / "l.png").unlink()
+    redrawn = ok(run_preloaded("experiments.py", "learn", "--redraw", f"--json={tmp_path / 'l.json'}",
+                               f"--png={tmp_path / 'l.png'}"))
+    assert "to 90%" in redrawn.stdout and Image.open(tmp_path / "l.png").size == (1280, 800)
+
+
+def test_run_jobs_resumes_an_interrupted_run_and_skips_a_finished_one(tmp_path, capsys):
+    """A job whose checkpoint is short of its budget resumes from it; one at its budget is skipped."""
+    job = experiments.Job("pretrain_vision.py", str(tmp_path / "v"), ["--max_iters=1", "--eval_interval=1",
+                                                                      "--batch_size=2", "--eval_scenes=2", *MODEL], 1)
+    experiments.run_jobs([job])
+    assert experiments.finished(job) and load(tmp_path / "v" / "ckpt.pt")["iter"] == 1
+    longer = experiments.Job(job.script, job.out_dir, [*job.argv, "--max_iters=2"], 2)
+    assert not experiments.finished(longer)
+    capsys.readouterr()
+    experiments.run_jobs([job, longer])  # the first is done; the second resumes at iteration 1
+    assert load(tmp_path / "v" / "ckpt.pt")["iter"] == 2
+    assert capsys.readouterr().out == f"resuming: pretrain_vision.py --out_dir={tmp_path / 'v'}\n"
+
+
+BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
+    "learn_fusions_empty": (["learn", "--fusions="], "--fusions takes a comma-separated list"),
+    "learn_unknown_fusion": (["learn", "--fusions=casa,concat"], "fusion must be one of"),
+    "learn_unbalanced_quote": (["learn", "--train_args=--lr='3"], "--train_args: No closing quotation"),
+    "learn_png_is_a_folder": (["learn", "--png={tmp}"], "--png={tmp}: is a directory"),
+    "paper_jobs_0": (["paper", "--jobs=0"], "jobs must be >= 1, got 0"),
+    "paper_md_in_a_missing_folder": (["paper", "--md=/missing/p.md"], "--md=/missing/p.md: no such directory"),
+    "paper_bad_model_option": (["paper", "--n_head=3"], "must split into 3 heads"),
+    "redraw_missing_json": (["learn", "--redraw", "--json={tmp}/none.json"], "cannot read results from it"),
+    "unknown_command": (["lern"], "unknown command 'lern'"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(pool, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("experiments_bad")
+    jobs = {name: pool.submit(run_preloaded, "experiments.py", *[a.format(tmp=tmp) for a in args])
+            for name, (args, _) in BAD.items()}
+    return tmp, {name: job.result() for name, job in jobs.items()}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_options_are_one_line_before_any_run(bad_runs, name):
+    tmp, results = bad_runs
+    assert BAD[name][1].format(tmp=tmp) in one_clean_line(results[name], "experiments.py")
+    assert results[name].stdout == ""  # no run was started first
+    assert list(tmp.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ paper
+
+@pytest.fixture(scope="module")
+def quick_paper(tmp_path_factory):
+    """`experiments.py paper --quick` once: its run folders and its four outputs."""
+    out = tmp_path_factory.mktemp("paper")
+    outputs = {kind: out / f"paper.{kind}" for kind in ("json", "md", "png", "gif")}
+    argv = ["paper", "--quick", f"--out_dir={out / 'runs'}", *(f"--{k}={p}" for k, p in outputs.items())]
+    first = ok(run("experiments.py", *argv))
+    return out / "runs", outputs, argv, first
+
+
+def test_paper_quick_writes_every_table_key(quick_paper):
+    runs, outputs, _, first = quick_paper
+    r = json.loads(outputs["json"].read_text())
+    assert {"machine", "options", "budget", "lm_on_descriptions", "setting_i", "setting_ii", "captioning"} <= set(r)
+    columns = {*experiments.COARSE_TASKS, *experiments.FINE_TASKS, "coarse", "fine", "mean"}
+    assert set(r["setting_i"]) == set(experiments.VARIANTS)
+    for row in r["setting_i"].values():
+        assert set(row["mean"]) == columns and set(row["blind"]) == columns
+        assert set(row["seeds"]) == {str(s) for s in experiments.SEEDS}
+        assert all(columns <= set(seed) for seed in row["seeds"].values())
+    assert set(r["setting_ii"]) == {"insertion", *experiments.ADAPTED}
+    for f in experiments.ADAPTED:
+        assert set(r["setting_ii"][f]["drop"]) == columns
+    assert set(r["captioning"]) == set(casa.FUSIONS)
+    for c in r["captioning"].values():
+        assert {"exact", "soft", "blind_exact", "blind_soft", "ms_per_frame", "cache_tokens", "cache_bytes"} <= set(c)
+        assert 0 <= c["exact"] <= c["soft"] <= 1  # an exact caption names the right colours and shapes too
+    assert r["captioning"]["insertion"]["cache_tokens"] > r["captioning"]["cross"]["cache_tokens"]
+    md = outputs["md"].read_text()
+    assert all(h in md for h in ("### Setting (i)", "### Setting (ii)", "### Live captioning"))
+    assert all(f"| {v} |" in md for v in experiments.VARIANTS)
+    assert Image.open(outputs["png"]).size[0] > 600
+    assert Image.open(outputs["gif"]).n_frames >= 8  # a held-out clip has 8 to 64 frames
+    trained = 1 + 2 * len(experiments.VARIANTS) + 3 + len(experiments.ADAPTED)
+    assert first.stdout.count("training: train.py") == trained
+
+
+def test_paper_second_invocation_only_redraws(quick_paper, tmp_path):
+    runs, outputs, argv, _ = quick_paper
+    ckpts = sorted(runs.rglob("ckpt.pt"))
+    stamps = [p.stat().st_mtime_ns for p in ckpts]
+    before = json.loads(outputs["json"].read_text())
+    outputs["md"].unlink()
+    again = ok(run("experiments.py", *argv))
+    assert "training:" not in again.stdout and "resuming:" not in again.stdout
+    assert [p.stat().st_mtime_ns for p in ckpts] == stamps
+    after = json.loads(outputs["json"].read_text())
+    assert after["setting_i"] == before["setting_i"] and after["captioning"] == before["captioning"]
+    assert outputs["md"].exists()
+    # from the JSON alone: the same tables, a picture, nothing trained or scored
+    ok(run_preloaded("experiments.py", "paper", "--redraw", f"--json={outputs['json']}", f"--md={tmp_path / 'p.md'}",
+                     f"--png={tmp_path / 'p.png'}", "--gif="))
+    assert (tmp_path / "p.md").read_text() == outputs["md"].read_text()
+    assert Image.open(tmp_path / "p.png").size == Image.open(outputs["png"]).size
+
+
+def test_paper_lm_starts_every_vlm_and_adapting_keeps_the_frozen_weights(quick_paper):
+    runs = quick_paper[0]
+    vision, lm = load(runs / "vision" / "ckpt.pt"), load(runs / "lm" / "ckpt.pt")
+    assert lm["train_config"]["text_only"] and lm["model_config"]["fusion"] == "insertion"
+    # the text-only LM passed the pretrained encoder through untouched: it never saw an image
+    assert all(torch.equal(t, lm["model"][name]) for name, t in vision["model"].items() if name.startswith("vision."))
+    # a VLM of setting (i) starts with exactly the LM's weights (fusion layers: copies of self-attention)
+    cfg = dict(lm["model_config"], fusion="casa")
+    model = casa.VLM(casa.VLMConfig(**cfg))
+    new = model.load_pretrained(lm["model"])
+    own = model.state_dict()
+    assert all(torch.equal(t, own[name]) for name, t in lm["model"].items())
+    assert new and all(".cross." in name or ".norm2." in name for name in new)
+    # setting (ii): after training, every weight the adapted model shares with its insertion source is bit-identical
+    source = load(runs / "i" / f"insertion_s{experiments.SEEDS[0]}" / "ckpt.pt")["model"]
+    for f in experiments.ADAPTED:
+        adapted = load(runs / "ii" / f / "ckpt.pt")
+        assert all(torch.equal(t, adapted["model"][name]) for name, t in source.items())
+        trained = [name for name in adapted["model"] if name not in source]
+        assert trained and all(".cross." in name or ".norm2." in name for name in trained)
