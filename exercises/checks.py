@@ -6,6 +6,7 @@ A grader checks a student's function where casa.py calls it: every batch row (ro
 call of a cached stream (a call may hold the last token of a window and then the next frame's marker, as streaming
 does every turn), several sizes, bases and numbers of layers, and the outputs cached against uncached.
 """
+import functools
 import random
 from contextlib import contextmanager, nullcontext
 
@@ -26,6 +27,7 @@ class Wrong(Exception):
     """What is wrong, in one line."""
 
 
+@functools.lru_cache(maxsize=None)  # built once per process: graders never change a model's weights in place
 def tiny_model(fusion, seed=0, image_size=16, n_layer=2, n_head=2, n_embd=32, rope_base=10000.0):
     torch.manual_seed(seed)
     return casa.VLM(casa.VLMConfig(image_size=image_size, patch_size=8, vit_layers=1, vit_dim=16, vit_heads=2,
@@ -193,10 +195,17 @@ def check_model(fn_name, fn, fusions, says, prepare=None):
             check_stream(student, *random_stream(g, STREAMS[k]), swap, says, reference)
 
 
-@torch.no_grad()
 def situations(fn_name, fusions):
     """Every call the project's own code makes to casa.<fn_name> in check_model's batches and streams, as
-    (where, the call's arguments): where the real code path puts the student's function."""
+    (where, the call's arguments): where the real code path puts the student's function. The arguments are
+    copies, so that a function that writes into its inputs spoils nothing."""
+    return [(where, tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+            for where, args in recorded(fn_name, tuple(fusions))]
+
+
+@functools.lru_cache(maxsize=None)
+@torch.no_grad()
+def recorded(fn_name, fusions):
     calls, where, g = [], [None, 0], random.Random(fn_name)
     def record(*args):
         rows = next(a for a in args if isinstance(a, torch.Tensor)).size(0)

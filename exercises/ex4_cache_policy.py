@@ -10,8 +10,10 @@ forward, so the window list may forget every earlier window as soon as a new one
 latest image, CASA the latest image and that window's text so far. That is why their caches stay small.
 
 Your method receives the keys of this call (kv: image tokens and, for CASA, the call's text) and the number of
-the latest window in this call. It must return every key this call's queries may need (earlier keys of the
-current window, then kv) and keep only the latest window's keys for later calls.
+the latest window in this call. It must return every key this call's queries may need: all the keys it holds from
+earlier calls, then kv. A call may start in the window of the earlier calls and open a new one (streaming sends
+the last token of a window, then the next frame's marker), so its first queries still need the earlier window's
+keys; the masks then pick per query. For later calls it must keep only the latest window's keys.
     self.window          a KVBuffer: .append(kv) adds keys and returns all live ones (a KV);
                          .replace(kv) makes it hold exactly kv
     self.window_number   the window the buffer holds (None before the first call)

@@ -11,7 +11,9 @@ Its eval.json holds accuracy (real images) and blind_accuracy (gray images) per 
 the text alone gives: the questions' priors. The question it settles: is an accuracy evidence of seeing?
 
 Fill in answers(): the numbers from your eval.json, the task whose blind accuracy is highest, and in a sentence or
-two why that task can be answered without looking (and what accuracy above its blind baseline would mean).
+two why that task can be answered without looking (and what accuracy above its blind baseline would mean). The
+grader checks that "why" names the task and what about its answers lets a blind model score; an explanation it
+cannot check is left for the teacher to read. If two tasks tie for the highest blind accuracy, name either.
 """
 
 

@@ -1,8 +1,11 @@
 """Tests for the exercises: exercises/vision_probe.py trains a probe on casa's ViT, on a small CNN, or on the frozen
 encoder of a checkpoint (train.py's or pretrain_vision.py's); the mask picture; every grader of exercises/grade.py
 fails on its stub, passes on the reference, and explains a typical mistake in one line; the teacher's guide."""
+import importlib
 import json
 import re
+import shlex
+import subprocess
 import sys
 
 import pytest
@@ -81,14 +84,9 @@ def test_attention_mask_picture_is_may_attend(tmp_path):
 sys.path.insert(0, str(ROOT / "exercises"))
 import grade  # noqa: E402
 
-
-def cache_formula(fusion, turns, tokens_per_turn, n_image_tokens, n_layer, n_embd, max_text=None):
-    """Exercise 6's answer: the paper's cache sizes (insertion grows by the image per turn; cross keeps one
-    image; casa one image and its window's text)."""
-    text = turns * (1 + tokens_per_turn + (n_image_tokens if fusion == "insertion" else 0))
-    text = min(text, max_text) if max_text else text
-    window = {"insertion": 0, "cross": n_image_tokens, "casa": n_image_tokens + 1 + tokens_per_turn}[fusion]
-    return {"tokens": text + window, "bytes": n_layer * (text + window) * 2 * n_embd * 4}
+# exercises/mistakes: per exercise, wrong answers (each with what its grader's one line must say) and right ones
+CATALOGUE = {int(p.name[2]): importlib.import_module(f"mistakes.{p.stem}")
+             for p in sorted((ROOT / "exercises" / "mistakes").glob("ex*.py"))}
 
 
 def filled_answers(eval_json):
@@ -96,16 +94,17 @@ def filled_answers(eval_json):
     with open(eval_json) as f:
         result = json.load(f)
     blind = result["blind_accuracy"]
+    best = max(blind, key=blind.get)
     return lambda: {"eval_json": str(eval_json), "count_accuracy": result["accuracy"]["count"],
-                    "count_blind": blind["count"], "best_blind_task": max(blind, key=blind.get),
-                    "why": "its answers are few and skewed, so guessing the most common one scores without looking"}
+                    "count_blind": blind["count"], "best_blind_task": best,
+                    "why": f"{best} has few possible answers, one far more common: a blind model guesses it"}
 
 
 def references(eval_json):
-    """Every exercise's reference solution: the project's own function (exercise 6: the formula above, checked
+    """Every exercise's reference solution: the project's own function (exercise 6: the paper's formula, checked
     against the real KVCache; 7: the numbers of a real run)."""
     return {1: casa.may_attend, 2: casa.rope, 3: casa.stream_slots, 4: casa.LayerCache.extend_window,
-            5: casa.group_by_window, 6: cache_formula, 7: filled_answers(eval_json)}
+            5: casa.group_by_window, 6: CATALOGUE[6].RIGHT["formula"], 7: filled_answers(eval_json)}
 
 
 @pytest.fixture(scope="module")
@@ -123,57 +122,75 @@ def test_every_grader_fails_on_its_stub_and_passes_on_the_reference(number, coun
     assert passed, line
 
 
-def interleaved_rope(x, pos, base):  # a rotation, but of pairs (2i, 2i + 1) instead of (i, i + D/2)
-    half = x.size(-1) // 2
-    angles = pos[:, None, :, None].float() * base ** (-torch.arange(half) / half)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()], -1).flatten(-2)
+def test_the_catalogue_has_six_wrong_and_a_right_answer_per_exercise():
+    assert sorted(CATALOGUE) == sorted(grade.EXERCISES)
+    for module in CATALOGUE.values():
+        assert len(module.WRONG) >= 6 and len(module.RIGHT) >= 1, module.__name__
 
 
-def keep_everything(self, kv, latest_window):
-    return self.window.append(kv)
-
-
-MISTAKES = {  # a typical wrong answer -> what its one line must say
-    "casa_without_causal": (1, lambda kind, qp, qw, kp, kw: (kw[:, None] == qw[:, :, None])[:, None]
-                            if kind != "self" else (kp[:, None] <= qp[:, :, None])[:, None],
-                            "saw a later key"),
-    "casa_as_self": (1, lambda kind, qp, qw, kp, kw: (kp[:, None] <= qp[:, :, None])[:, None]
-                     if kind in ("self", "casa") else (kw[:, None] == qw[:, :, None])[:, None],
-                     "text of an earlier window reached a casa query"),
-    "no_value_error": (1, lambda kind, *a: casa.may_attend(kind if kind in ("self", "cross", "casa") else "self", *a),
-                       "must raise ValueError"),
-    "interleaved_rope": (2, interleaved_rope, "rotate the channel pairs (i, i + D/2)"),
-    "slow_rope": (2, lambda x, pos, base: casa.rope(x, pos, base ** 2), "a rotation, but not RoPE's"),
-    "marker_before_image": (3, lambda is_image, n: casa.stream_slots(is_image, n) - is_image.long() * n,
-                            "the marker at index 1 must land right after its image's 4 tokens"),
-    "cache_keeps_every_window": (4, keep_everything, "still holds keys of an earlier window"),
-    "cache_returns_nothing": (4, lambda self, kv, latest_window: None, "must return a casa.KV"),
-    "rope_does_nothing": (2, lambda x, pos, base: x, "rope returned x unchanged"),
-    "slot_never_restarts": (5, lambda win: (casa.group_by_window(win)[0], torch.arange(win.size(1)).expand_as(win),
-                                            casa.group_by_window(win)[2]), "slots count from 0"),
-    "insertion_forgets_images": (6, lambda fusion, *a: cache_formula("cross" if fusion == "insertion" else fusion,
-                                                                     *a), "insertion after 4 turns"),
-    "wrong_blind_number": (7, None, "count_blind is"),
-}
-
-
-@pytest.mark.parametrize("name", MISTAKES)
-def test_a_typical_mistake_gets_a_one_line_explanation(name, count_eval):
-    number, fn, says = MISTAKES[name]
-    if fn is None:  # exercise 7 with one number copied wrong
-        fn = lambda: {**filled_answers(count_eval)(), "count_blind": 1.5}  # noqa: E731
+@pytest.mark.parametrize("number, name", [(n, name) for n, m in CATALOGUE.items() for name in m.WRONG])
+def test_every_wrong_answer_fails_with_its_own_line(number, name):
+    """Mutation testing of the graders: each wrong answer is refused, in one line that says what its mistake is
+    and where (the batch row, the call, the model)."""
+    fn, says = CATALOGUE[number].WRONG[name]
     passed, line = grade.grade(number, fn)
     assert not passed and says in line and "\n" not in line, line
 
 
-def test_grade_command_line(tmp_path):
+@pytest.mark.parametrize("number, name", [(n, name) for n, m in CATALOGUE.items() for name in m.RIGHT])
+def test_every_right_answer_passes(number, name):
+    """Right answers written differently from the reference (loops, another layout of RoPE's pairs) pass."""
+    passed, line = grade.grade(number, CATALOGUE[number].RIGHT[name])
+    assert passed, line
+
+
+def test_grade_command_line():
     r = run_preloaded("exercises/grade.py", "--ex=rope")
     assert r.returncode == 1 and r.stdout == "exercise 2 (ex2_rope.py): not yet: rope still raises " \
         "NotImplementedError; fill it in\n"
+    assert run_preloaded("exercises/grade.py", "rope").stdout == r.stdout  # the first argument alone
     r = run_preloaded("exercises/grade.py")
     assert r.returncode == 1 and len(r.stdout.splitlines()) == len(grade.EXERCISES)
-    assert "no such exercise" in one_clean_line(run_preloaded("exercises/grade.py", "--ex=9"), "grade.py")
+    for args in (["--ex=9"], ["9"], ["1", "2"]):
+        line = one_clean_line(run_preloaded("exercises/grade.py", *args), "grade.py")
+        assert "no such exercise" in line or "expected an option" in line, line
+
+
+# A command in a stub or the guide: make TARGET [VAR=value], or python SCRIPT.py [args] (an option with a quoted
+# value; a first bare word is a command, bench.py's)
+COMMAND = re.compile(r"\b(make \w+(?: [A-Z]+=\w+)?|git checkout \S+?\.py|python \S+\.py"
+                     r"(?: (?:--\w+=\"[^\"]*\"|--[^\s`)]+|\d+\b|[a-z]+(?= --)))*)")
+
+
+def commands(path):
+    return COMMAND.findall(" ".join(path.read_text().split()))
+
+
+def test_every_command_in_the_stubs_and_the_guide_runs(tmp_path):
+    """Each command a student or teacher is told to type: make targets print what they run (make -n) and each
+    script runs with those options and --help (the options exist); grade.py runs for real, on the stubs."""
+    files = [ROOT / "exercises" / "README.md"] + sorted((ROOT / "exercises").glob("ex*.py"))
+    found = {cmd for path in files for cmd in commands(path)}
+    assert {"make grade EX=1", "python exercises/grade.py 1", "make demo"} <= found, found
+    scripts = []
+    for cmd in sorted(found):
+        words = shlex.split(cmd)
+        if words[0] == "make":
+            r = subprocess.run(["make", "-n", *words[1:]], cwd=ROOT, capture_output=True, text=True)
+            assert r.returncode == 0, (cmd, r.stderr)
+            scripts += [shlex.split(line)[1:] for line in r.stdout.splitlines() if line.startswith(".venv/bin/python ")]
+        elif words[0] == "git":  # git checkout FILE starts an exercise again: the file must be tracked
+            assert subprocess.run(["git", "ls-files", "--error-unmatch", words[2]], cwd=ROOT,
+                                  capture_output=True).returncode == 0, cmd
+        else:
+            scripts.append(words[1:])
+    for script, *args in scripts:
+        if script == "exercises/grade.py":  # cheap for real: every stub is still a stub
+            r = run_preloaded(script, *args)
+            assert r.returncode == 1 and "not yet" in r.stdout and not r.stderr, (script, args, r.stderr)
+        else:
+            r = run_preloaded(script, *args, "--help")
+            assert r.returncode == 0 and not r.stderr, (script, args, r.stderr)
 
 
 def test_teachers_guide_names_exactly_the_exercise_files():

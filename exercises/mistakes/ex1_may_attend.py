@@ -49,14 +49,11 @@ def remembered(kind, q_pos, q_win, k_pos, k_win):  # stale state: computes each 
 def loops(kind, q_pos, q_win, k_pos, k_win):  # the rules cell by cell
     if kind not in ("self", "cross", "casa"):
         raise ValueError(f"unknown kind {kind}")
-    B, Tq, Tk = q_pos.size(0), q_pos.size(1), k_pos.size(1)
-    mask = torch.zeros(B, 1, Tq, Tk, dtype=torch.bool, device=q_pos.device)
-    for b in range(B):
-        for i in range(Tq):
-            for j in range(Tk):
-                earlier, same = int(k_pos[b, j]) <= int(q_pos[b, i]), int(k_win[b, j]) == int(q_win[b, i])
-                mask[b, 0, i, j] = {"self": earlier, "cross": same, "casa": earlier and same}[kind]
-    return mask
+    rows = []
+    for qp, qw, kp, kw in zip(q_pos.tolist(), q_win.tolist(), k_pos.tolist(), k_win.tolist()):
+        rows.append([[{"self": kp[j] <= qp[i], "cross": kw[j] == qw[i], "casa": kp[j] <= qp[i] and kw[j] == qw[i]}[kind]
+                      for j in range(len(kp))] for i in range(len(qp))])
+    return torch.tensor(rows, dtype=torch.bool, device=q_pos.device)[:, None]
 
 
 def with_where(kind, q_pos, q_win, k_pos, k_win):  # unsqueeze and torch.where instead of indexing with None
