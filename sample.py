@@ -18,9 +18,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 import casa
 import data
+import figures
 import scenes
 from casa import check_fields
 from common import (UsageError, build, caption_stream, check_writable, load_model, parse_options, pick_device,
@@ -164,29 +166,23 @@ def answer_attention(model, idx, pixels, answer):
     return panels
 
 
-def draw_attention(path, image, panels, title, fusion, size=256, pad=16):
+def draw_attention(path, image, panels, title, fusion, size=256):
     """One panel per layer: the image enlarged, each patch as bright as the attention it got (the panel's most
     looked-at patch at full brightness, patches it ignored dark), and the image's share of all that layer's
-    attention under it. The picture is (pad + n * (size + pad)) x (size + 110) pixels."""
-    from PIL import Image, ImageDraw, ImageFont
-    font, small = ImageFont.load_default(size=18), ImageFont.load_default(size=15)
+    attention under it. The picture is (16 + n * (size + 16)) x (size + 110) pixels."""
     g = int(len(panels[0][1]) ** 0.5)
-    canvas = Image.new("RGB", (pad + len(panels) * (size + pad), size + 110), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 8), title, fill="black", font=font)
-    draw.text((pad, 34), f"{fusion}: where the answer's tokens looked (bright: most attention; dark: none)",
-              fill=(80, 80, 80), font=small)
     base = image.convert("RGB").resize((size, size), Image.Resampling.NEAREST)
     black = Image.new("RGB", (size, size))
-    for i, (label, weights, share) in enumerate(panels):
+    lit = []
+    for _, weights, _ in panels:
         heat = (weights / weights.max().clamp_min(1e-9)).view(1, 1, g, g)
         light = torch.nn.functional.interpolate(heat, size=(size, size), mode="nearest")[0, 0]
-        mask = Image.fromarray((40 + 215 * light.clamp(0, 1)).byte().cpu().numpy(), "L")
-        x = pad + i * (size + pad)
-        canvas.paste(Image.composite(base, black, mask), (x, 60))
-        draw.text((x, size + 68), label, fill="black", font=font)
-        draw.text((x, size + 90), f"{share:.0%} of its attention on the image", fill=(80, 80, 80), font=small)
-    canvas.save(path)
+        lit.append(Image.composite(base, black, Image.fromarray((40 + 215 * light.clamp(0, 1)).byte().cpu().numpy(),
+                                                                "L")))
+    figures.sheet(lit, gap=16, margin=(16, 10), size=18,
+                  title=[title, f"{fusion}: where the answer's tokens looked (bright: most attention; dark: none)"],
+                  below=[[label, f"{share:.0%} of its attention on the image"] for label, _, share in panels]
+                  ).save(path)
 
 
 def stream_video(args, model, tok, device, generator):
@@ -225,14 +221,10 @@ def write_srt(path, starts, ends, captions):
 
 
 def write_captioned_gif(path, frames, starts, ends, captions, scale=4):
-    from PIL import Image, ImageDraw
-    pages = []
-    for frame, text in zip(frames, captions):
-        w, h = frame.width * scale, frame.height * scale
-        page = Image.new("RGB", (w, h + 24), "black")
-        page.paste(frame.resize((w, h), Image.Resampling.NEAREST))
-        ImageDraw.Draw(page).text((4, h + 6), text, fill="white")
-        pages.append(page)
+    """The clip, each frame enlarged with its caption under it, shown as long as the caption was."""
+    pages = [figures.sheet([frame.resize((frame.width * scale, frame.height * scale), Image.Resampling.NEAREST)],
+                           margin=(4, 4), below=[[text]], background="black", ink="white")
+             for frame, text in zip(frames, captions)]
     durations = [max(20, round(1000 * (b - a))) for a, b in zip(starts, ends)]
     pages[0].save(path, save_all=True, append_images=pages[1:], duration=durations, loop=0)
 

@@ -4,13 +4,11 @@ images of a conversation, left to right in rows of 8) and OUT_DIR/conversations.
 
     python show_data.py --out_dir=out-data --n=16 --tasks=reading,video
 """
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+import figures
 from common import UsageError, build, parse_options, run_script
 from scenes import MIN_SIZE, TASKS, VIDEO_TASK, make_conversation, parse_tasks, train_seed
 
@@ -32,17 +30,6 @@ class SampleOptions:
         self.task_list = TASKS + (VIDEO_TASK,) if self.tasks == "all" else parse_tasks(self.tasks)
 
 
-def _sheet(images, cols=8):
-    """All images of a conversation in one picture: left to right, in rows of `cols`, 2 px apart."""
-    w, h = images[0].size
-    cols = min(cols, len(images))
-    rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (cols * (w + 2) - 2, rows * (h + 2) - 2), (255, 255, 255))
-    for k, img in enumerate(images):
-        sheet.paste(img, ((k % cols) * (w + 2), (k // cols) * (h + 2)))
-    return sheet
-
-
 def main(argv):
     _, (options,) = parse_options(argv, [("options", SampleOptions)], SampleOptions.__doc__)
     args = build(SampleOptions, options)
@@ -58,7 +45,7 @@ def main(argv):
         conv = make_conversation(task, train_seed(rng), args.image_size, args.questions)
         images = [img for turn in conv.turns for img in turn.images]
         name = f"{i:03d}_{task}.png"
-        _sheet(images).save(out / name)
+        figures.sheet(images, cols=8).save(out / name)  # left to right, in rows of 8, 2 px apart
         listing.append(f"{i:03d} {task}: {name} ({len(images)} image{'s' * (len(images) > 1)})")
         for k, turn in enumerate(conv.turns):
             if turn.question is None:

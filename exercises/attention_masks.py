@@ -18,14 +18,16 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import figures  # noqa: E402
 from casa import VLM, VLMConfig, may_attend  # noqa: E402
 from common import build, check_writable, parse_options, run_script  # noqa: E402
 
 MARK, TEXT = 2, 5  # token ids in the example: the image marker, and any text token
 EXAMPLE = [TEXT, TEXT, MARK, TEXT, TEXT, TEXT, MARK, TEXT, TEXT]
-COLORS = {"text": (66, 114, 196), "image": (237, 125, 49), "marker": (112, 48, 160)}
+COLORS = {"text": figures.PALETTE[1], "image": figures.PALETTE[3], "marker": figures.PALETTE[4]}
 PALE = (242, 242, 242)
 
 
@@ -75,37 +77,29 @@ def masks(tokens=EXAMPLE):
             "casa: fusion layer": (casa, text_kinds, image_kinds + text_kinds, win[0], k_win[0])}
 
 
-def draw(panels, path, cell=22):
-    """One panel per fusion, side by side, and a legend; pillow only."""
-    from PIL import Image, ImageDraw, ImageFont
-    font = ImageFont.load_default(size=14)
-    widths = [len(k_kinds) * cell for _, _, k_kinds, _, _ in panels.values()]
-    height = max(len(q) for _, q, _, _, _ in panels.values()) * cell
-    img = Image.new("RGB", (sum(widths) + 60 * len(panels) + 40, height + 120), "white")
+def panel(mask, q_kinds, k_kinds, q_win, k_win, cell):
+    """One fusion's mask as a picture: a cell per (query, key), coloured by the key's kind where the query may see
+    it, pale where not; black lines between windows."""
+    img = Image.new("RGB", (len(k_kinds) * cell, len(q_kinds) * cell), "white")
     d = ImageDraw.Draw(img)
-    x0 = 40
-    for (title, (mask, q_kinds, k_kinds, q_win, k_win)), w in zip(panels.items(), widths):
-        top = 40
-        d.text((x0, 12), title, fill="black", font=font)
-        for i, q in enumerate(q_kinds):
-            for j, k in enumerate(k_kinds):
-                box = [x0 + j * cell, top + i * cell, x0 + (j + 1) * cell - 2, top + (i + 1) * cell - 2]
-                d.rectangle(box, fill=COLORS[k] if mask[i, j] else PALE)
-        for j in range(1, len(k_kinds)):  # window boundaries
-            if k_win[j] != k_win[j - 1]:
-                d.line([x0 + j * cell - 1, top, x0 + j * cell - 1, top + len(q_kinds) * cell], fill="black", width=2)
-        for i in range(1, len(q_kinds)):
-            if q_win[i] != q_win[i - 1]:
-                d.line([x0, top + i * cell - 1, x0 + w, top + i * cell - 1], fill="black", width=2)
-        d.text((x0, top + len(q_kinds) * cell + 6), "keys ->", fill="black", font=font)
-        x0 += w + 60
-    d.text((4, 44), "q", fill="black", font=font)
-    for k, (name, color) in enumerate(COLORS.items()):
-        x = 40 + 170 * k
-        d.rectangle([x, height + 90, x + 16, height + 106], fill=color)
-        d.text((x + 22, height + 90), f"may see: {name}", fill="black", font=font)
-    d.rectangle([40 + 510, height + 90, 40 + 526, height + 106], fill=PALE, outline=(200, 200, 200))
-    d.text((40 + 532, height + 90), "may not", fill="black", font=font)
+    for i in range(len(q_kinds)):
+        for j, k in enumerate(k_kinds):
+            d.rectangle([j * cell, i * cell, (j + 1) * cell - 2, (i + 1) * cell - 2],
+                        fill=COLORS[k] if mask[i, j] else PALE)
+    for j in range(1, len(k_kinds)):  # window boundaries
+        if k_win[j] != k_win[j - 1]:
+            d.line([j * cell - 1, 0, j * cell - 1, img.height], fill="black", width=2)
+    for i in range(1, len(q_kinds)):
+        if q_win[i] != q_win[i - 1]:
+            d.line([0, i * cell - 1, img.width, i * cell - 1], fill="black", width=2)
+    return img
+
+
+def draw(panels, path, cell=22):
+    """One panel per fusion, side by side, and a legend."""
+    img = figures.sheet([panel(*p, cell) for p in panels.values()], gap=60, margin=(40, 16), size=18,
+                        above=[[title] for title in panels], below=[["keys ->", "rows: queries"]] * len(panels),
+                        legend_entries=[*((f"may see: {k}", c) for k, c in COLORS.items()), ("may not", PALE)])
     img.save(path)
     return img
 
