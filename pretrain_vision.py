@@ -63,25 +63,32 @@ class PretrainConfig:
 
 
 
-LABELS = ("shape", "color", "cell")  # what each patch names, in the order of scenes.object_labels
-NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS))  # the labels of a patch that shows no object
+LABELS = ("shape", "color", "cell", "subcell", "char", "place")  # what each patch names: scenes.object_labels's
+# four for a patch on an object, the character and its place in the text (0-3) for a patch on a glyph
+NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS), 9, len(scenes.CHARS), 4)  # "nothing of this kind"
+OBJECT_LABELS = 4  # LABELS[:4] name the object under a patch, the rest the glyph
+TEXT_SHARE = 1 / 3  # of the scenes have text (and 0-2 objects), as the reading task's do
 
 
 def labelled_scenes(seed, n, size, grid):
-    """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, the labels of
-    the object under its centre or NONE: (n, grid * grid, 3)."""
+    """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, its labels
+    (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, 6)."""
     rng = random.Random(seed)
-    drawn = [scenes.sample_scene(rng, size) for _ in range(n)]
+    drawn = [scenes.sample_scene(rng, size, text=rng.random() < TEXT_SHARE) for _ in range(n)]
     images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])
     labels = []
     for scene in drawn:
-        table = torch.tensor([scenes.object_labels(o, size) for o in scene["objects"]] + [NONE])  # (objects + 1, 3)
-        labels.append(table[scenes.patch_objects(scene, grid)])  # owner -1 (no object) picks the last row, NONE
+        objects = torch.tensor([scenes.object_labels(o, size) for o in scene["objects"]] + [NONE[:OBJECT_LABELS]])
+        glyphs = torch.tensor([(scenes.CHARS.index(c), i) for i, c in enumerate(scene.get("text", ""))]
+                              + [NONE[OBJECT_LABELS:]])
+        # owner -1 (no object there, no glyph) picks each table's last row: NONE
+        labels.append(torch.cat([objects[scenes.patch_objects(scene, grid)], glyphs[scenes.patch_chars(scene, grid)]],
+                                dim=1))
     return images, torch.stack(labels)
 
 
 class Heads(nn.Module):
-    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)] * 3."""
+    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)] * 6."""
 
     def __init__(self, dim):
         super().__init__()
@@ -92,15 +99,14 @@ class Heads(nn.Module):
 
 
 def loss_of(logits, labels):
-    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)] * 3; labels (n, N, 3)."""
+    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)] * 6; labels (n, N, 6)."""
     return sum(F.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten()) for k, lg in enumerate(logits))
 
 
 def hits_of(logits, labels):
-    """Per label kind, the fraction right on the patches that show an object (the many "none" patches are easy
-    and would flatter the number)."""
-    on_object = labels[..., 0] < NONE[0]  # (n, N)
-    return {name: (lg.argmax(-1) == labels[..., k])[on_object].float().mean().item()
+    """Per label kind, the fraction right on the patches that show something of that kind (an object, a glyph: the
+    many "none" patches are easy and would flatter the number)."""
+    return {name: (lg.argmax(-1) == labels[..., k])[labels[..., k] < NONE[k]].float().mean().item()
             for k, (name, lg) in enumerate(zip(LABELS, logits))}
 
 

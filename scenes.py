@@ -61,10 +61,19 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # How scenes look. Training only ever sees "default"; "shifted" is a second look, drawn differently, for checking
 # that a model reads the images and not quirks of the generator: other object sizes, darker shades with stronger
 # jitter, more noise, and stripes across the background. Same vocabulary, same questions.
+# Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
+# drawing's pixels) and slants (horizontal shear, either way), so that the encoder learns glyphs rather than one
+# font's pixels; the shifted look draws it bolder and more slanted than training ever does, in coloured ink on a
+# tinted box. At 64x64 the smallest size, 16 px, makes a digit 9 px wide: every glyph spans a patch of 8 px.
 STYLES = {
-    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0},
-    "shifted": {"radius": {"small": 0.085, "big": 0.13}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16},
+    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0,
+                "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.25),
+                "ink": (20, 20, 30), "paper": (235, 235, 225)},
+    "shifted": {"radius": {"small": 0.085, "big": 0.13}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16,
+                "text_size": (0.25, 0.31), "weight": (4, 4), "slant": (0.3, 0.35),
+                "ink": (30, 40, 140), "paper": (250, 235, 200)},
 }
+CHARS = string.digits + string.ascii_lowercase  # what the reading task's text is made of
 
 
 def _article(phrase):
@@ -103,10 +112,21 @@ def _place(rng, size, objects, text_box=None, style="default"):
     return None
 
 
-@functools.lru_cache(maxsize=8)
-def _font(size):
-    """Pillow's bundled font (works offline) for drawing at SS x an image of this size: 16 px at 64x64."""
-    return ImageFont.load_default(size=max(8, round(size / 4)) * SS)
+@functools.lru_cache(maxsize=16)
+def _font(px):
+    """Pillow's bundled font (works offline), px pixels tall in the image, for drawing at SS x."""
+    return ImageFont.load_default(size=px * SS)
+
+
+def _text_layout(scene):
+    """Where the text goes, in the SS x drawing: (font, its stroke width, the drawing origin of the unslanted text,
+    the vertical centre the slant shears around, and the ink's box (x0, y0, x1, y1) before the slant)."""
+    font, weight = _font(scene["text_size"]), scene["text_weight"]
+    left, top, right, bottom = font.getbbox(scene["text"], stroke_width=weight)
+    x0, y0, x1, y1 = scene["text_bbox"]
+    cx, cy = (x0 + x1) * SS / 2, (y0 + y1) * SS / 2
+    origin = (cx - (left + right) / 2, cy - (top + bottom) / 2)  # centre the ink in the box
+    return font, weight, origin, cy, (origin[0] + left, origin[1] + top, origin[0] + right, origin[1] + bottom)
 
 
 def sample_scene(rng, size, text=False, n_objects=None, style="default"):
@@ -123,11 +143,20 @@ def sample_scene(rng, size, text=False, n_objects=None, style="default"):
              "noise_seed": rng.randrange(2**32), "objects": [], "style": style}
     text_box = None
     if text:
+        look = STYLES[style]
         digits = "".join(rng.choice(string.digits) for _ in range(rng.randint(1, 3)))
         scene["text"] = rng.choice(WORDS) if rng.random() < 0.5 else digits
-        left, top, right, bottom = _font(size).getbbox(scene["text"])
-        pad = max(2, size // 32)
-        w, h = math.ceil((right - left) / SS) + 2 * pad, math.ceil((bottom - top) / SS) + 2 * pad
+        scene["text_size"] = round(size * rng.uniform(*look["text_size"]))
+        scene["text_weight"] = rng.randint(*look["weight"])
+        scene["text_slant"] = rng.choice((-1, 1)) * rng.uniform(*look["slant"])
+        pad, w = max(2, size // 32), size
+        while w > size - 3:  # a long word, big, bold and slanted may not fit: a smaller size then
+            left, top, right, bottom = _font(scene["text_size"]).getbbox(scene["text"],
+                                                                         stroke_width=scene["text_weight"])
+            h = (bottom - top) / SS
+            w = math.ceil((right - left) / SS + abs(scene["text_slant"]) * h) + 2 * pad  # the slant widens the ink
+            scene["text_size"] -= w > size - 3
+        h = math.ceil(h) + 2 * pad
         x0, y0 = rng.randint(1, size - 2 - w), rng.randint(1, size - 2 - h)
         text_box = scene["text_bbox"] = (x0, y0, x0 + w, y0 + h)
     if n_objects is None:
@@ -161,6 +190,37 @@ def _polygon(shape, cx, cy, r):
     raise DataError(f"unknown shape {shape!r}")
 
 
+def _draw_text(img, scene, look):
+    """Draw the scene's text into img (the SS x drawing): its box, then the ink, slanted by shearing around the
+    text's vertical centre (a positive slant leans the tops of the glyphs right)."""
+    x0, y0, x1, y1 = scene["text_bbox"]
+    ImageDraw.Draw(img).rectangle((x0 * SS, y0 * SS, x1 * SS - 1, y1 * SS - 1), fill=look["paper"])
+    font, weight, origin, cy, _ = _text_layout(scene)
+    ink = Image.new("L", img.size, 0)
+    ImageDraw.Draw(ink).text(origin, scene["text"], font=font, fill=255, stroke_width=weight, stroke_fill=255)
+    slant = scene["text_slant"]  # output pixel (x, y) takes the ink at (x + slant * (y - cy), y)
+    ink = ink.transform(img.size, Image.Transform.AFFINE, (1, slant, -slant * cy, 0, 1, 0), Image.Resampling.BILINEAR)
+    img.paste(look["ink"], mask=ink)
+
+
+def patch_chars(scene, grid):
+    """Which character of the scene's text each patch of a grid x grid split shows, for pretraining the encoder to
+    read glyphs (pretrain_vision.py): the index in scene["text"] of the character whose advance (its slot in the
+    line, slanted with the ink) holds the patch centre, or -1 (no text there, or a patch above or below the ink).
+    (grid * grid,) long tensor, patches row-major like the ViT's tokens."""
+    owner = torch.full((grid, grid), -1)
+    if "text" not in scene:
+        return owner.flatten()
+    font, _, origin, cy, (_, top, _, bottom) = _text_layout(scene)
+    edges = torch.tensor([origin[0] + font.getlength(scene["text"][:i]) for i in range(len(scene["text"]) + 1)])
+    centres = (torch.arange(grid) + 0.5) * scene["size"] * SS / grid
+    x = centres[None, :] + scene["text_slant"] * (centres[:, None] - cy)  # undo the slant: where the ink came from
+    char = torch.bucketize(x, edges, right=True) - 1  # edges[i] <= x < edges[i + 1]: character i
+    inside = (char >= 0) & (char < len(scene["text"])) & (centres[:, None] >= top) & (centres[:, None] < bottom)
+    owner[inside] = char[inside]
+    return owner.flatten()
+
+
 def draw_scene(scene):
     """Render a scene dict from sample_scene to an RGB PIL image."""
     size = scene["size"]
@@ -174,15 +234,9 @@ def draw_scene(scene):
     stripes = look["stripes"] * np.sin(2 * math.pi * (u[None, :] - u[:, None]) / 6)[..., None]  # diagonal, 6 px
     img = Image.fromarray(np.clip(c0 + t[..., None] * (c1 - c0) + stripes, 0, 255).astype(np.uint8))
     img = img.resize((big, big), Image.Resampling.NEAREST)  # the background is smooth: no need to compute it at 4x
-    draw = ImageDraw.Draw(img)
     if "text" in scene:
-        x0, y0, x1, y1 = scene["text_bbox"]
-        draw.rectangle((x0 * SS, y0 * SS, x1 * SS - 1, y1 * SS - 1), fill=(235, 235, 225))
-        font = _font(size)
-        left, top, right, bottom = font.getbbox(scene["text"])
-        tx = (x0 + x1) * SS / 2 - (left + right) / 2  # centre the ink in the box
-        ty = (y0 + y1) * SS / 2 - (top + bottom) / 2
-        draw.text((tx, ty), scene["text"], font=font, fill=(20, 20, 30))
+        _draw_text(img, scene, look)
+    draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
         cx, cy, r = (o["x"] + 0.5) * SS, (o["y"] + 0.5) * SS, o["r"] * SS  # pixel x spans [x, x+1)
         if o["shape"] == "circle":
@@ -292,8 +346,12 @@ def patch_objects(scene, grid):
 
 
 def object_labels(o, size):
-    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS (what pretraining predicts)."""
-    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
+    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS, and the ninth of that cell that
+    holds its centre (0-8, row by row like CELLS): what pretraining predicts. The ninths are size/9 wide, finer than
+    the size/8 that the two objects of a relation question are apart, so they order any such pair."""
+    fine = [9 * v // size % 3 for v in (o["y"], o["x"])]
+    return (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size)),
+            3 * fine[0] + fine[1])
 
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")

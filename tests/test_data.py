@@ -17,9 +17,9 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
 from scenes import (  # noqa: E402
-    COLORS, EVAL_SEED0, RESTATE, SHAPES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError,
+    COLORS, EVAL_SEED0, RESTATE, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError,
     Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip, make_conversation,
-    object_labels, patch_objects, render_scene, sample_conversations, train_seed,
+    object_labels, patch_chars, patch_objects, render_scene, sample_conversations, sample_scene, train_seed,
 )
 from show_data import main  # noqa: E402
 
@@ -166,10 +166,12 @@ def test_patch_objects_and_object_labels_match_the_scene():
         for i, o in enumerate(scene["objects"]):
             assert owner[(o["y"] // 8) * 8 + o["x"] // 8] == i
             assert 1 <= int((owner == i).sum()) <= 9  # a box spans 1 to 3 x 3 patches
-            shape, color, cell = object_labels(o, 64)
+            shape, color, cell, subcell = object_labels(o, 64)
             assert (SHAPES[shape], list(COLORS)[color]) == (o["shape"], o["color"])
             row, column = divmod(cell, 3)  # CELLS reads row by row, like the grid of the image
             assert row * 64 / 3 <= o["y"] < (row + 1) * 64 / 3 and column * 64 / 3 <= o["x"] < (column + 1) * 64 / 3
+            row, column = 3 * row + subcell // 3, 3 * column + subcell % 3  # the ninth of the image, finer
+            assert row * 64 / 9 <= o["y"] < (row + 1) * 64 / 9 and column * 64 / 9 <= o["x"] < (column + 1) * 64 / 9
         for k in torch.nonzero(owner == -1).flatten().tolist():
             y, x = (k // 8) * 8 + 4, (k % 8) * 8 + 4
             assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60
@@ -210,6 +212,40 @@ def check_answer(question, answer, scene):
         assert answer == ("yes" if truth[m[2]] else "no")
     else:
         raise AssertionError(f"unexpected question {question!r}")
+
+
+def test_patch_chars_label_the_glyphs_left_to_right():
+    """What pretrain_vision.py learns to read from: patches labelled with a character lie on the text's box, on its
+    ink, in the text's order along every row; every character of a digit's width (the narrowest text) gets one."""
+    for seed in range(60):
+        img, scene = render_scene(seed, text=True)
+        owner = patch_chars(scene, 8).view(8, 8)
+        x0, y0, x1, y1 = scene["text_bbox"]
+        ink = np.asarray(img).astype(int).mean(axis=2) < 150
+        for (row, col) in torch.nonzero(owner >= 0).tolist():
+            assert x0 <= col * 8 + 4 < x1 and y0 <= row * 8 + 4 < y1
+            assert ink[row * 8:row * 8 + 8, col * 8:col * 8 + 8].any()  # the patch shows ink
+        for row in owner:
+            labelled = row[row >= 0].tolist()
+            assert labelled == sorted(labelled)
+        if scene["text"].isdigit():
+            assert set(owner[owner >= 0].tolist()) == set(range(len(scene["text"])))
+        assert len(patch_chars(render_scene(seed)[1], 8)) == 64 and (patch_chars(render_scene(seed)[1], 8) < 0).all()
+
+
+def test_text_styles():
+    """Text comes in several sizes, weights and slants (either way); the shifted look draws it in ways training never
+    does (bolder, more slanted, in coloured ink), and the whole text stays legible: its box inside the image."""
+    for style in STYLES:
+        look, drawn = STYLES[style], [sample_scene(random.Random(s), 64, text=True, style=style) for s in range(80)]
+        assert {d["text_weight"] for d in drawn} == set(range(look["weight"][0], look["weight"][1] + 1))
+        assert {d["text_slant"] > 0 for d in drawn} == {True, False}
+        assert all(look["slant"][0] <= abs(d["text_slant"]) <= look["slant"][1] for d in drawn)
+        assert len({d["text_size"] for d in drawn}) > 2
+        assert all(0 < d["text_bbox"][0] and d["text_bbox"][2] < 63 and d["text_bbox"][3] < 63 for d in drawn)
+    default, shifted = STYLES["default"], STYLES["shifted"]
+    assert shifted["weight"][0] > default["weight"][1] and shifted["slant"][0] > default["slant"][1]
+    assert shifted["ink"] != default["ink"] and shifted["paper"] != default["paper"]
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -41,14 +41,18 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, encoder_ckpt,
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
 
 
-def test_pretrain_vision_labels_every_patch_with_the_object_under_it():
-    images, labels = pretrain_vision.labelled_scenes(3, 8, 64, 8)
-    scene = scenes.sample_scene(random.Random(3), 64)  # the first scene, drawn again
-    assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 3)
-    owner = scenes.patch_objects(scene, 8)
-    for k in range(64):
-        o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-        assert tuple(labels[0, k].tolist()) == (scenes.object_labels(o, 64) if o else pretrain_vision.NONE)
+def test_pretrain_vision_labels_every_patch_with_the_object_or_glyph_under_it():
+    images, labels = pretrain_vision.labelled_scenes(3, 16, 64, 8)
+    assert images.shape == (16, 3, 64, 64) and labels.shape == (16, 64, len(pretrain_vision.LABELS))
+    rng, none = random.Random(3), pretrain_vision.NONE
+    for n in range(16):  # the scenes, drawn again
+        scene = scenes.sample_scene(rng, 64, text=rng.random() < pretrain_vision.TEXT_SHARE)
+        owner, char = scenes.patch_objects(scene, 8), scenes.patch_chars(scene, 8)
+        for k in range(64):
+            o = scene["objects"][owner[k]] if owner[k] >= 0 else None
+            glyph = (scenes.CHARS.index(scene["text"][char[k]]), char[k].item()) if char[k] >= 0 else none[4:]
+            assert tuple(labels[n, k].tolist()) == (scenes.object_labels(o, 64) if o else none[:4]) + glyph
+    assert (labels[..., 4] < none[4]).any()  # some scenes show text
 
 
 @pytest.mark.parametrize("args, says", [
