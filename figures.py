@@ -42,15 +42,15 @@ def text_width(s, size=14):
 
 
 def colors(names):
-    """{name: colour}: a fusion always gets its own colour (every chart agrees on it), the other names the next
-    palette colours no fusion holds, in order."""
-    free = iter([c for c in PALETTE if c not in FUSION_COLORS.values()] * len(names))
+    """{name: colour}: a fusion always gets its own colour (every chart agrees on it), the other
+    names the next palette colours no fusion holds, in order."""
+    free = iter([c for c in PALETTE if c not in FUSION_COLORS.values()] * len(names))  # never runs out
     return {name: FUSION_COLORS.get(name) or next(free) for name in names}
 
 
 def nice_ticks(lo, hi, n=5):
-    """About n + 1 round values from lo to hi, evenly spaced by 1, 2 or 5 times a power of ten: the first within
-    a step of lo, the last within a step of hi."""
+    """About n + 1 round values from lo to hi, evenly spaced by 1, 2 or 5 times a power of ten: the
+    first within a step of lo, the last within a step of hi."""
     if hi <= lo:
         lo, hi = (lo - 1, hi + 1) if lo else (0, 1)
     raw = (hi - lo) / n
@@ -62,12 +62,13 @@ def nice_ticks(lo, hi, n=5):
 
 
 def legend(draw, xy, entries, size=14, columns=1, box=False):
-    """Swatches with names, `columns` to a row, from the top-left corner xy; `box`: on a white, framed box (inside
-    a plot). Returns (width, height); with draw=None it only measures."""
-    swatch, h, pad = size, line_height(size), 6 if box else 0
-    col = max(text_width(name, size) for name, _ in entries) + swatch + 24
+    """Swatches with names, `columns` to a row, from the top-left corner xy; `box`: on a white,
+    framed box (inside a plot). Returns (width, height); with draw=None it only measures."""
+    swatch, h, pad, apart = size, line_height(size), 6 if box else 0, 18  # apart: between columns
+    col = swatch + 6 + max(text_width(name, size) for name, _ in entries) + apart
     rows = math.ceil(len(entries) / columns)
-    w, height = col * min(columns, len(entries)) + 2 * pad - 18, rows * h + 2 * pad - 6
+    w = col * min(columns, len(entries)) - apart + 2 * pad
+    height = rows * h - (h - swatch) + 2 * pad
     x0, y0 = xy
     if draw is None:
         return w, height
@@ -85,17 +86,19 @@ def percent(value):
 
 
 class Axes:
-    """A plot area inside box = (left, top, right, bottom) of `image`, the labels included: a title above, y tick
-    labels and ylabel to the left, x tick labels and xlabel below, a light grid at the ticks. x and y are the data
-    ranges (widened to round ticks); xticks: [(value, label), ...] instead of numbers (e.g. bar groups)."""
+    """A plot area inside box = (left, top, right, bottom) of `image`, its labels included: a title
+    above, y tick labels and ylabel to the left, x tick labels and xlabel below, a light grid at round
+    ticks. x and y: the (lo, hi) the axes span; xticks: [(value, label), ...] instead of numbers (e.g.
+    bar groups)."""
 
-    def __init__(self, image, box, x, y, title="", xlabel="", ylabel="", xticks=None, yfmt="{:g}".format,
-                 xfmt="{:g}".format, size=14):
+    def __init__(self, image, box, x, y, title="", xlabel="", ylabel="", xticks=None,
+                 yfmt="{:g}".format, xfmt="{:g}".format, size=14):
         self.image, self.draw, self.size = image, ImageDraw.Draw(image), size
         left, top, right, bottom = box
         h = line_height(size)
-        yt = [(v, yfmt(v)) for v in nice_ticks(*y, n=max(2, (box[3] - box[1]) // 45))]  # a tick per 40-100 px
-        xt = xticks or [(v, xfmt(v)) for v in nice_ticks(*x, n=max(2, (box[2] - box[0]) // 120))]
+        # a y tick every 45 to 110 px, an x tick every 120 to 300 px
+        yt = [(v, yfmt(v)) for v in nice_ticks(*y, n=max(2, (bottom - top) // 45))]
+        xt = xticks or [(v, xfmt(v)) for v in nice_ticks(*x, n=max(2, (right - left) // 120))]
         self.xlim, self.ylim = x, y
         label_w = max(text_width(s, size) for _, s in yt) + 8
         self.left, self.right = left + label_w + (h + 4 if ylabel else 4), right - 12
@@ -136,7 +139,7 @@ class Axes:
         self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=INK)
 
     def stage(self, x0, x1, label):
-        """A stage of the run that the curves do not show (e.g. pretraining before them): shaded, named inside."""
+        """A stage of the run the curves do not show (e.g. pretraining before them): shaded, named."""
         self.draw.rectangle([self.px(x0), self.top + 1, self.px(x1), self.bottom - 1], fill=SHADE)
         self.grid()
         self.draw.line([self.px(x1), self.top, self.px(x1), self.bottom], fill=MUTED, width=1)
@@ -163,33 +166,36 @@ class Axes:
         self.draw.line([self.px(x0), self.py(y), self.px(x1), self.py(y)], fill=color, width=width)
 
     def legend(self, entries=None, where="best"):
-        """The labelled lines and bars (or entries, {name: colour}) in a framed box at a corner of the plot:
-        where = "best" (the corner over the fewest drawn pixels), "upper left", "upper right", "lower left" or
-        "lower right"."""
+        """The labelled lines and bars (or entries, {name: colour}) in a framed box at a corner of
+        the plot: where = "best" (the corner over the fewest drawn pixels), "upper left", "upper
+        right", "lower left" or "lower right"."""
         entries = list((entries or self.entries).items())
         w, h = legend(None, (0, 0), entries, self.size, box=True)
         corners = {f"{v} {u}": (self.left + 6 if u == "left" else self.right - 6 - w,
                                 self.top + 6 if v == "upper" else self.bottom - 6 - h)
                    for v in ("upper", "lower") for u in ("left", "right")}
         if where == "best":
-            busy = lambda xy: w * h - self.image.crop((int(xy[0]), int(xy[1]), int(xy[0] + w), int(xy[1] + h))
-                                                      ).convert("L").histogram()[255]  # pixels not white
-            where = min(corners, key=lambda c: busy(corners[c]))
+            def busy(corner):  # pixels not white under the box
+                x, y = map(int, corners[corner])
+                return w * h - self.image.crop((x, y, x + w, y + h)).convert("L").histogram()[255]
+            where = min(corners, key=busy)
         legend(self.draw, corners[where], entries, self.size, box=True)
 
 
 def line_panels(panels, cols=1, panel=(900, 300), y=None, yfmt="{:g}".format, stage=None):
-    """Panels of line charts, left to right in rows of `cols`, each panel=(w, h) pixels: each panel (title, xlabel,
-    ylabel, {name: [(x, y), ...]}), one colour per name (colors()), x from 0; y: a fixed range for every panel
-    (else 0 to the panel's largest y); stage=(x0, x1, label): a shaded span in each panel. Returns the image."""
+    """Panels of line charts, left to right in rows of `cols`, panel=(w, h) pixels each: each panel
+    (title, xlabel, ylabel, {name: [(x, y), ...]}), one colour per name (colors()), a legend, x from
+    0; y: one range for every panel (default: 0 to the panel's largest y); stage=(x0, x1, label): a
+    shaded span in each panel. Returns the image."""
     rows = math.ceil(len(panels) / cols)
     image = Image.new("RGB", (panel[0] * cols, panel[1] * rows), "white")
     for i, (title, xlabel, ylabel, lines) in enumerate(panels):
         points = [p for line in lines.values() for p in line]
         top_x = max([x for x, _ in points] + [stage[1] if stage else 0]) or 1
         left, top = (i % cols) * panel[0], (i // cols) * panel[1]
+        top_y = 1.04 * max((v for _, v in points), default=0) or 1  # the highest point clear of the frame
         ax = Axes(image, (left + 8, top + 8, left + panel[0] - 8, top + panel[1] - 8), (0, top_x),
-                  y or (0, 1.04 * max((v for _, v in points), default=0) or 1), title, xlabel, ylabel, yfmt=yfmt)
+                  y or (0, top_y), title, xlabel, ylabel, yfmt=yfmt)
         if stage:
             ax.stage(*stage)
         for (name, line), color in zip(lines.items(), colors(lines).values()):
@@ -200,12 +206,14 @@ def line_panels(panels, cols=1, panel=(900, 300), y=None, yfmt="{:g}".format, st
 
 def sheet(images, cols=None, gap=2, margin=(0, 0), title=(), above=None, below=None, legend_entries=None,
           size=14, background="white", ink=INK):
-    """Images left to right in rows of `cols` (default: one row), `gap` px apart, margin=(x, y) px around: the
-    `title` lines on top, above[i] / below[i] (lists of lines) over and under image i, legend entries at the
-    bottom. In each block of text the first line is in ink, the others smaller and muted. Returns the image."""
+    """Images left to right in rows of `cols` (default: one row), `gap` px apart, margin=(x, y) px
+    around: the `title` lines on top, above[i] / below[i] (lists of lines) over and under image i, the
+    legend entries at the bottom. In each block of text the first line is in ink, the others smaller
+    and muted. Returns the image."""
     cols = cols or len(images)
     grid = [images[r:r + cols] for r in range(0, len(images), cols)]
-    block = lambda lines: sum(line_height(size if i == 0 else size - 3) for i in range(len(lines)))
+    line_size = lambda i: size if i == 0 else size - 3
+    block = lambda lines: sum(line_height(line_size(i)) for i in range(len(lines)))
     n_above = max((block(a) for a in above or [()]), default=0)
     n_below = max((block(b) for b in below or [()]), default=0)
     width = max(sum(im.width for im in row) + gap * (len(row) - 1) for row in grid) + 2 * margin[0]
@@ -217,8 +225,8 @@ def sheet(images, cols=None, gap=2, margin=(0, 0), title=(), above=None, below=N
 
     def write(x, y, lines):
         for i, s in enumerate(lines):
-            text(draw, (x, y), s, size if i == 0 else size - 3, ink if i == 0 else MUTED)
-            y += line_height(size if i == 0 else size - 3)
+            text(draw, (x, y), s, line_size(i), ink if i == 0 else MUTED)
+            y += line_height(line_size(i))
 
     write(margin[0], margin[1], title)
     y, k = margin[1] + block(title), 0
