@@ -28,7 +28,8 @@ import data
 import figures
 import scenes
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
-from common import UsageError, build, check_writable, model_config, parse_options, pick_device, run_script
+from common import (UsageError, build, check_writable, model_config, param_counts, parse_options, pick_device,
+                    run_script)
 
 
 @dataclass
@@ -223,7 +224,7 @@ def analytic_table(fusions, overrides, turns, tokens):
     for fusion in fusions:
         cfg = model_config({**overrides, "fusion": fusion}, tok)
         model = VLM(cfg)
-        counts = model.param_counts()
+        counts = param_counts(model)
         C, N, L = cfg.n_embd, cfg.n_image_tokens, cfg.n_layer
         per_turn = tokens + 1 + (N if fusion == "insertion" else 0)  # marker + G tokens (+ the frame)
         n_fusion = len(model.fusion_blocks())

@@ -4,6 +4,7 @@ common.py: what every casa script stands on, so that the scripts are peers and n
     UsageError, run_script        bad input is one line on stderr and exit 2; Ctrl-C and SIGTERM end quietly
     parse_options                 the one option parser: --key=value or --key value, typed from the run's dataclasses
     pick_device, pick_dtype       device and precision
+    param_counts                  a model's parameters per part
     write_atomic, save_checkpoint, load_checkpoint, load_model, build_model, resume_checkpoint
                                   checkpoints: atomic writes that an interrupt waits for, checked reads (the
                                   memory a model needs checked before it is built), one resume path
@@ -424,6 +425,24 @@ def load_model(path, device):
     model, tok = build_model(ckpt, path)
     load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), tok, ckpt
+
+
+def param_counts(model):
+    """A VLM's parameters per part; 'fusion': what the fusion layers add (only norms when they share
+    weights). Tied weights are listed once."""
+    counts = dict.fromkeys(("vision", "projector", "language_model", "fusion"), 0)
+    for name, p in model.named_parameters():
+        if name.startswith("vision.projector"):
+            part = "projector"
+        elif name.startswith("vision."):
+            part = "vision"
+        elif any(piece in name for piece in (".cross.", ".norm2.", ".gate")):
+            part = "fusion"
+        else:
+            part = "language_model"
+        counts[part] += p.numel()
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def resume_checkpoint(out_dir, cls, options, model_options, needs=()):

@@ -27,8 +27,9 @@ import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
 from common import (UsageError, build, build_model, build_optimizer, check_fits, load_checkpoint,
-                    load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, parse_options,
-                    open_log, pick_device, pick_dtype, progress_bar, resume_checkpoint, run_script, save_checkpoint, save_json)
+                    load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, open_log,
+                    param_counts, parse_options, pick_device, pick_dtype, progress_bar, resume_checkpoint,
+                    run_script, save_checkpoint, save_json)
 
 
 @dataclass
@@ -260,7 +261,7 @@ def main(argv):
     shifted_batches = batches(source.shifted)
     lock = lock_out_dir(cfg.out_dir) if master else None  # noqa: F841 (after every check; held until the end)
     if master:
-        counts = raw_model.param_counts()
+        counts = param_counts(raw_model)
         print(f"{model_cfg.fusion} model, {counts['total'] / 1e6:.2f}M parameters "
               f"({', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items() if k != 'total')}); "
               f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es)")
