@@ -119,6 +119,10 @@ class Batch:
     last_answer: torch.Tensor  # (B, T) bool: target positions of the last turn's answer and its <eos>
     tasks: list  # task name of every row
 
+    def pin_memory(self):  # called by a DataLoader with pin_memory=True: pinned, the copy to a GPU can overlap
+        return Batch(self.idx.pin_memory(), self.targets.pin_memory(), self.images.pin_memory(),
+                     self.last_answer.pin_memory(), self.tasks)
+
 
 def collate(convs, tok, size, blank_images=False):
     """Pad conversations into a Batch. blank_images=True replaces every image by the same uniform

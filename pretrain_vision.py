@@ -19,6 +19,7 @@ alone, the VLM's position answers stayed at chance (README); with it they climb 
 Options are --key=value or --key value: PretrainConfig below, and VLMConfig's (the model the checkpoint will be part
 of).
 """
+import functools
 import json
 import os
 import random
@@ -32,9 +33,9 @@ import torch.nn.functional as F
 import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (build, build_model, build_optimizer, check_fits, load_optimizer_state, load_weights,
-                    lock_out_dir, lr_factor, model_config, open_log, parse_options, pick_device, resume_checkpoint,
-                    run_script, save_checkpoint)
+from common import (build, build_model, build_optimizer, check_fits, default_workers, drawn_ahead,
+                    load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, open_log,
+                    parse_options, pick_device, resume_checkpoint, run_script, save_checkpoint)
 
 
 @dataclass
@@ -52,9 +53,10 @@ class PretrainConfig:
     eval_scenes: int = 256      # held-out scenes
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+    workers: int | None = None  # processes drawing batches ahead (default: cores - 1, at most 8; 0: here)
 
     def __post_init__(self):
-        check_fields(self, at_least=dict(batch_size=1, max_iters=1, eval_interval=1, eval_scenes=1, lr=0.0,
+        check_fields(self, at_least=dict(batch_size=1, max_iters=1, eval_interval=1, eval_scenes=1, lr=0.0, workers=0,
                                          min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0))
         if self.init_from not in ("scratch", "resume"):
             raise ValueError(f"--init_from expects scratch or resume, got {self.init_from!r}")
@@ -85,6 +87,12 @@ def labelled_scenes(seed, n, size, grid):
         labels.append(torch.cat([objects[scenes.patch_objects(scene, grid)], glyphs[scenes.patch_chars(scene, grid)]],
                                 dim=1))
     return images, torch.stack(labels)
+
+
+def training_batch(seed, start_iter, n, size, grid, i):
+    """The i-th batch from start_iter on: a pure function of (seed, iteration), so a resumed run sees exactly the
+    batches it would have seen, and worker processes can draw them ahead of the step."""
+    return labelled_scenes(f"{seed}/{start_iter + i}", n, size, grid)
 
 
 class Heads(nn.Module):
@@ -141,17 +149,20 @@ def main(argv):
     grid = model_cfg.image_size // model_cfg.patch_size
     held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
-    # training time (evaluation excluded; data_s: the part spent drawing and labelling scenes)
+    # training time (evaluation excluded; data_s: the part the loop waited for batches, or drew them with workers=0)
     spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}
     log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    draw = functools.partial(training_batch, cfg.seed, start_iter, cfg.batch_size, model_cfg.image_size, grid)
+    batches = iter(drawn_ahead(draw, cfg.max_iters - start_iter, workers, pin_memory=device.startswith("cuda")))
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(it, cfg)
         # a pure function of (seed, iteration), so a resumed run sees exactly the batches it would have seen
-        drawn = time.time()
-        images, labels = (t.to(device) for t in labelled_scenes(f"{cfg.seed}/{it}", cfg.batch_size, model_cfg.image_size, grid))
-        spent["data_s"] += time.time() - drawn
+        waited = time.time()
+        images, labels = (t.to(device, non_blocking=True) for t in next(batches))
+        spent["data_s"] += time.time() - waited
         loss = loss_of(heads(encoder(images)), labels)
         loss.backward()
         optimizer.step()
@@ -164,7 +175,7 @@ def main(argv):
                 encoder.train()
             print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
                   + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS)
-                  + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it drawing data)")
+                  + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it waiting for data)")
             log.write(json.dumps({"kind": "eval", "iter": it + 1, **spent, "loss": loss.item(),
                                   "patches_right": hits}) + "\n")
             save_checkpoint(ckpt_path, {

@@ -530,10 +530,11 @@ def parse_tasks(text):
     return tasks
 
 
-def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=None):
-    """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`)."""
-    return [make_conversation(task, EVAL_SEED0 + i, size, style=style, frames=frames)
-            for task in tasks for i in range(n_per_task)]
+def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=None, part=slice(None)):
+    """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`);
+    `part`: a slice of it, to draw it in pieces."""
+    pairs = [(task, i) for task in tasks for i in range(n_per_task)][part]
+    return [make_conversation(task, EVAL_SEED0 + i, size, style=style, frames=frames) for task, i in pairs]
 
 
 def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None):

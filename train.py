@@ -12,7 +12,9 @@ Train a tiny vision-language model (see casa.py) on procedural scenes, or on you
 
 Options are --key=value or --key value, checked against the types and ranges of TrainConfig and VLMConfig below.
 """
+import functools
 import json
+import math
 import os
 import random
 import time
@@ -26,10 +28,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, build, build_model, build_optimizer, check_fits, load_checkpoint,
-                    load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, open_log,
-                    param_counts, parse_options, pick_device, pick_dtype, progress_bar, resume_checkpoint,
-                    run_script, save_checkpoint, save_json)
+from common import (UsageError, build, build_model, build_optimizer, check_fits, default_workers, drawn_ahead,
+                    load_checkpoint, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config,
+                    open_log, param_counts, parse_options, pick_device, pick_dtype, progress_bar,
+                    resume_checkpoint, run_script, save_checkpoint, save_json)
 
 
 @dataclass
@@ -56,15 +58,19 @@ class TrainConfig:
     # evaluation and logging
     eval_interval: int = 250
     eval_per_task: int = 64     # held-out conversations per task
+    log_interval: int = 10      # read the loss back (a wait for the device) and log it every this many steps
     seed: int = 1337
     # system
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"         # auto | float32 | bfloat16 | float16
     compile: bool = False
+    workers: int | None = None  # processes drawing batches ahead of the step (default: cores - 1, at most 8;
+                                # 0: drawn here, between steps)
     progress: bool = True       # a progress bar, when the output is a terminal
 
     def __post_init__(self):  # nonsense is refused before anything trains (NaN or negative rates, zero sizes)
         check_fields(self, at_least=dict(batch_size=1, grad_accum=1, max_iters=1, eval_interval=1, eval_per_task=1,
+                                         log_interval=1, workers=0,
                                          questions=1, frames=1, lr=0.0, vision_lr=0.0, pretrained_lr=0.0,
                                          min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
         if self.optimizer not in ("muon", "adamw"):
@@ -101,15 +107,13 @@ class Conversations:
     Training batches are a pure function of (seed, process rank, iteration), which makes resuming exact and gives
     every DDP process different data without any state to save."""
 
-    def __init__(self, cfg, size):
+    def __init__(self, cfg, size, workers=0):
         self.cfg, self.size, self.dropped = cfg, size, 0
         if cfg.data == "synthetic":
             self.tasks = scenes.parse_tasks(cfg.tasks)
-            self.held_out = self.as_text(scenes.eval_conversations(cfg.eval_per_task, size, self.tasks,
-                                                                 frames=cfg.frames))
+            self.held_out = self.as_text(self.held_out_set("default", workers))
             # the same questions about scenes drawn differently (scenes.STYLES): does the model read the images?
-            self.shifted = [] if cfg.text_only else scenes.eval_conversations(cfg.eval_per_task, size, self.tasks,
-                                                                            style="shifted", frames=cfg.frames)
+            self.shifted = [] if cfg.text_only else self.held_out_set("shifted", workers)
         elif cfg.text_only:
             raise UsageError("--text_only needs the synthetic data: a folder's images come without descriptions")
         else:
@@ -137,13 +141,33 @@ class Conversations:
     def as_text(self, convs):
         return [scenes.as_text(c) for c in convs] if self.cfg.text_only else convs
 
+    def held_out_set(self, style, workers):
+        """scenes.eval_conversations, drawn in parts by the workers (video clips make it a minute's work)."""
+        n = self.cfg.eval_per_task
+        part = functools.partial(held_out_part, n, self.size, self.tasks, style, self.cfg.frames)
+        return [c for convs in drawn_ahead(part, math.ceil(n * len(self.tasks) / EVAL_PART), workers) for c in convs]
+
+
+EVAL_PART = 16  # held-out conversations a worker draws at a time
+
+
+def held_out_part(n_per_task, size, tasks, style, frames, k):
+    return scenes.eval_conversations(n_per_task, size, tasks, style, frames, slice(k * EVAL_PART, (k + 1) * EVAL_PART))
+
+
+def training_batch(source, tok, rank, start_iter, grad_accum, i):
+    """The i-th micro-batch from start_iter on, collated: what the workers draw ahead of the step."""
+    it, micro = start_iter + i // grad_accum, i % grad_accum
+    return data.collate(source.batch(it, rank, micro), tok, source.size)
+
 
 def fingerprint(conv):
     return tuple((tuple(im.tobytes() for im in t.images), t.question, t.answer) for t in conv.turns)
 
 
 def to_device(batch, device):
-    return batch.idx.to(device), batch.targets.to(device), batch.images.to(device)
+    """Non-blocking: from pinned memory (CUDA), the copy overlaps whatever the device is still computing."""
+    return tuple(t.to(device, non_blocking=True) for t in (batch.idx, batch.targets, batch.images))
 
 
 @torch.no_grad()
@@ -239,8 +263,8 @@ def main(argv):
             torch.set_rng_state(ckpt["rng"]["torch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UsageError(f"{ckpt_path}: unusable scaler or random state ({type(e).__name__})") from None
-    # training time (evaluation excluded; data_s: the part spent drawing and collating batches) and text tokens so
-    # far: what time-to-accuracy is measured in
+    # training time (evaluation excluded; data_s: the part the loop waited for batches, or drew them itself with
+    # --workers=0) and text tokens so far: what time-to-accuracy is measured in
     spent = {"train_s": 0.0, "data_s": 0.0, "text_tokens": 0}
     if cfg.init_from == "resume" and isinstance(ckpt.get("spent"), dict):
         spent.update(ckpt["spent"])
@@ -253,7 +277,8 @@ def main(argv):
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
-    source = Conversations(cfg, model_cfg.image_size)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    source = Conversations(cfg, model_cfg.image_size, workers)
     def batches(convs, blank_images=False):
         return [data.collate(convs[i:i + 64], tok, model_cfg.image_size, blank_images)
                 for i in range(0, len(convs), 64)]
@@ -291,15 +316,19 @@ def main(argv):
     model.train()
     bar = progress_bar(range(start_iter, cfg.max_iters), master and cfg.progress, initial=start_iter,
                        total=cfg.max_iters)
-    tokens, t0, losses = 0, time.time(), []
+    # batches come from worker processes that draw them ahead of the step (a pure function of the index)
+    draw = functools.partial(training_batch, source, tok, rank, start_iter, cfg.grad_accum)
+    batches = iter(drawn_ahead(draw, (cfg.max_iters - start_iter) * cfg.grad_accum, workers,
+                               pin_memory=device_type == "cuda"))
+    tokens, t0, loss_sum, steps = 0, time.time(), 0.0, 0
     for it in bar:
         factor = lr_factor(it, cfg)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         for micro in range(cfg.grad_accum):
-            drawn = time.time()
-            batch = data.collate(source.batch(it, rank, micro), tok, model_cfg.image_size)
-            spent["data_s"] += time.time() - drawn
+            waited = time.time()
+            batch = next(batches)
+            spent["data_s"] += time.time() - waited
             idx, targets, images = to_device(batch, device)
             if ddp:  # only the last micro-batch all-reduces the gradients
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1
@@ -314,22 +343,24 @@ def main(argv):
             scaler.step(opt)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if master:
+        loss_sum, steps = loss_sum + loss.detach(), steps + 1  # on the device: no wait for it here
+        if not master:
+            continue
+        evaluating = (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.max_iters
+        if (it + 1) % cfg.log_interval == 0 or evaluating:  # .item() waits for the device: only this often
             tok_s = tokens / (time.time() - t0)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tok_s:.0f}")
-            log.write(json.dumps({"kind": "train", "iter": it + 1, "loss": losses[-1],
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:.0f}")
+            log.write(json.dumps({"kind": "train", "iter": it + 1, "loss": loss.item(),
                                   "lr": cfg.lr * factor, "tok_s": tok_s}) + "\n")
-            last = it + 1 == cfg.max_iters
-            if (it + 1) % cfg.eval_interval == 0 or last:
-                spent["train_s"] += time.time() - t0
-                spent["text_tokens"] += tokens
-                result = run_eval(it + 1)
-                checkpoint(it + 1)
-                bar.write(f"iter {it + 1}: train loss {sum(losses) / len(losses):.3f}, "
-                          f"val loss {result['val_loss']:.3f} ({spent['train_s']:.0f} s of training, "
-                          f"{spent['data_s']:.0f} s of it drawing data)")
-                losses, tokens, t0 = [], 0, time.time()  # tokens/s counts training time only
+        if evaluating:
+            spent["train_s"] += time.time() - t0
+            spent["text_tokens"] += tokens
+            result = run_eval(it + 1)
+            checkpoint(it + 1)
+            bar.write(f"iter {it + 1}: train loss {float(loss_sum) / steps:.3f}, "
+                      f"val loss {result['val_loss']:.3f} ({spent['train_s']:.0f} s of training, "
+                      f"{spent['data_s']:.0f} s of it waiting for data)")
+            tokens, t0, loss_sum, steps = 0, time.time(), 0.0, 0  # tokens/s counts training time only
     if master and start_iter < cfg.max_iters:
         print(accuracy_table(result))
         print(f"checkpoint: {ckpt_path}")

@@ -25,7 +25,7 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "L
 
 MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--vit_layers=1", "--vit_dim=32", "--vit_heads=2",
          "--image_size=32", "--patch_size=8"]
-TINY = MODEL + ["--batch_size=4", "--eval_per_task=2", "--progress=false"]  # train.py on the tiny model
+TINY = MODEL + ["--batch_size=4", "--eval_per_task=2", "--progress=false", "--log_interval=1"]  # train.py, tiny
 EXACT = ["--warmup_iters=0", "--min_lr_ratio=1.0"]  # a constant LR: the schedule does not depend on max_iters
 PRETRAIN = MODEL + ["--batch_size=4", "--eval_scenes=4", "--warmup_iters=0", "--min_lr_ratio=1.0"]
 

@@ -80,6 +80,8 @@ CLI_ERRORS = {  # arguments -> what the one line must say
     "grad_clip_negative": (["--grad_clip=-1"], "grad_clip must be > 0.0, got -1.0"),
     "warmup_iters_negative": (["--warmup_iters=-1"], "warmup_iters must be >= 0, got -1"),
     "min_lr_ratio_negative": (["--min_lr_ratio=-1"], "min_lr_ratio must be >= 0.0, got -1.0"),
+    "workers_negative": (["--workers=-1"], "workers must be >= 0, got -1"),
+    "log_interval_0": (["--log_interval=0"], "log_interval must be >= 1, got 0"),
 }
 
 
@@ -142,10 +144,12 @@ def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
 def test_output_to_a_file_has_no_bar_and_a_line_per_eval(tmp_path):
     """--progress asks for a bar, but stdout and stderr are files here (as under CI, nohup or `> log`): no bar
     redraws, one line per eval."""
-    r = run_preloaded("train.py", *TINY, "--progress=true", f"--out_dir={tmp_path}", "--max_iters=4",
-                      "--eval_interval=2")
+    r = run_preloaded("train.py", *TINY, "--progress=true", f"--out_dir={tmp_path}", "--max_iters=7",
+                      "--eval_interval=5", "--log_interval=3")
     assert r.returncode == 0 and "\r" not in r.stdout + r.stderr and "it/s" not in r.stderr, r.stderr
-    assert [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("iter ")] == ["iter 2", "iter 4"]
+    assert [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("iter ")] == ["iter 5", "iter 7"]
+    # the loss is read back (a wait for the device) every --log_interval steps and at evals, not every step
+    assert [r["iter"] for r in train_log(tmp_path)[0]] == [3, 5, 6, 7]
 
 
 def test_sigterm_stops_cleanly_and_the_checkpoint_stays_loadable(tmp_path):
@@ -307,20 +311,23 @@ def test_held_out_copies_of_training_examples_are_dropped(tmp_path):
 
 
 def straight(d):
-    """Run A, 6 iterations uninterrupted; then a resume of a copy of it that tries to change the fusion."""
-    a = ok(run_train(*TINY, *EXACT, f"--out_dir={d / 'A'}", "--max_iters=6", "--eval_interval=3"))
+    """Run A, 6 iterations uninterrupted, its batches drawn in-process; then a resume of a copy of it that tries to
+    change the fusion."""
+    a = ok(run_train(*TINY, *EXACT, f"--out_dir={d / 'A'}", "--max_iters=6", "--eval_interval=3", "--workers=0"))
     shutil.copytree(d / "A", d / "A_copy")
     return a, run_preloaded("train.py", *TINY, f"--out_dir={d / 'A_copy'}", "--init_from=resume",
                             "--fusion=cross", "--max_iters=8")
 
 
 def interrupted(d):
-    """Run B: 3 iterations, then resumed to 6. Then C: B's folder with the checkpoint of iteration 3 put back (a run
-    that had logged iterations after its last checkpoint), resumed to 6 again."""
-    first = ok(run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--max_iters=3", "--eval_interval=3"))
+    """Run B: 3 iterations, then resumed to 6, its batches drawn by worker processes (2, then 1). Then C: B's folder
+    with the checkpoint of iteration 3 put back (a run that had logged iterations after its last checkpoint),
+    resumed to 6 again."""
+    first = ok(run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--max_iters=3", "--eval_interval=3",
+                         "--workers=2"))
     shutil.copy(d / "B" / "ckpt.pt", d / "B_ckpt_at_3.pt")
     resumed = run_train(*TINY, *EXACT, f"--out_dir={d / 'B'}", "--init_from=resume", "--max_iters=6",
-                        "--eval_interval=3")
+                        "--eval_interval=3", "--workers=1")
     ok(resumed)
     shutil.copytree(d / "B", d / "C")
     shutil.copy(d / "B_ckpt_at_3.pt", d / "C" / "ckpt.pt")
