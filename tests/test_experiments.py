@@ -110,7 +110,7 @@ def quick_paper(tmp_path_factory):
     out = tmp_path_factory.mktemp("paper")
     outputs = {kind: out / f"paper.{kind}" for kind in ("json", "md", "png", "gif")}
     argv = ["paper", "--quick", f"--out_dir={out / 'runs'}", *(f"--{k}={p}" for k, p in outputs.items())]
-    first = ok(run("experiments.py", *argv))
+    first = ok(run("experiments.py", *argv, timeout=900))  # about 20 runs: minutes on a busy 2-core machine
     return out / "runs", outputs, argv, first
 
 
