@@ -10,7 +10,6 @@ common.py: what every casa script stands on, so that the scripts are peers and n
                                   memory a model needs checked before it is built), one resume path
     build_optimizer               the one optimizer of both training scripts (AdamW, or Muon + AdamW)
     progress_bar                  a bar on a terminal, nothing in a log file
-    drawn_ahead, default_workers  batches that are a pure function of their index, drawn ahead by worker processes
     lock_out_dir, check_writable  refuse a busy out_dir or an output path that cannot be written, before the work
     caption_stream                live captioning: frames through one persistent cache
 """
@@ -309,36 +308,6 @@ def check_writable(path, option):
         raise UsageError(f"--{option}={path}: no such directory {folder}")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise UsageError(f"--{option}={path}: not writable")
-
-
-def default_workers():
-    """Processes that draw batches ahead of the training step: one core short of all of them (the step needs one),
-    at most 8, so that a GPU machine's cores keep the GPU fed and a 2-core laptop keeps one for the step."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-class Drawn(torch.utils.data.Dataset):
-    """Item i is draw(i). Every batch here is a pure function of its index, so workers may draw them in any order
-    and a resumed run still sees exactly the batches it would have seen."""
-
-    def __init__(self, draw, n):
-        self.draw, self.n = draw, n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.draw(i)
-
-
-def drawn_ahead(draw, n, workers, pin_memory=False):
-    """draw(0), ..., draw(n - 1) in order, drawn ahead of their use by `workers` processes (0: here, when asked
-    for). pin_memory (CUDA) lets the copy to the GPU overlap the step. `draw` must pickle (a module-level function
-    or a functools.partial of one) where new processes are spawned rather than forked (macOS, Windows). The
-    loader has its own random generator, so the training's random state does not depend on the workers."""
-    return torch.utils.data.DataLoader(Drawn(draw, n), batch_size=None, num_workers=workers,
-                                       prefetch_factor=4 if workers else None, pin_memory=pin_memory,
-                                       generator=torch.Generator())
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

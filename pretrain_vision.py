@@ -33,8 +33,7 @@ import torch.nn.functional as F
 import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (build, build_model, build_optimizer, check_fits, default_workers, drawn_ahead,
-                    load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, open_log,
+from common import (build, build_model, build_optimizer, check_fits, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, open_log,
                     parse_options, pick_device, resume_checkpoint, run_script, save_checkpoint)
 
 
@@ -152,9 +151,9 @@ def main(argv):
     # training time (evaluation excluded; data_s: the part the loop waited for batches, or drew them with workers=0)
     spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}
     log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter)
-    workers = default_workers() if cfg.workers is None else cfg.workers
+    workers = data.default_workers() if cfg.workers is None else cfg.workers
     draw = functools.partial(training_batch, cfg.seed, start_iter, cfg.batch_size, model_cfg.image_size, grid)
-    batches = iter(drawn_ahead(draw, cfg.max_iters - start_iter, workers, pin_memory=device.startswith("cuda")))
+    batches = iter(data.drawn_ahead(draw, cfg.max_iters - start_iter, workers, pin_memory=device.startswith("cuda")))
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
         for group in optimizer.param_groups:

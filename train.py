@@ -14,7 +14,6 @@ Options are --key=value or --key value, checked against the types and ranges of 
 """
 import functools
 import json
-import math
 import os
 import random
 import time
@@ -26,9 +25,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
-import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, build, build_model, build_optimizer, check_fits, default_workers, drawn_ahead,
+from common import (UsageError, build, build_model, build_optimizer, check_fits, 
                     load_checkpoint, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config,
                     open_log, param_counts, parse_options, pick_device, pick_dtype, progress_bar,
                     resume_checkpoint, run_script, save_checkpoint, save_json)
@@ -100,69 +98,6 @@ def make_optimizer(model, new_names, cfg, fused):
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-class Conversations:
-    """Where training and held-out conversations come from: the procedural generator or a folder.
-    Training batches are a pure function of (seed, process rank, iteration), which makes resuming exact and gives
-    every DDP process different data without any state to save."""
-
-    def __init__(self, cfg, size, workers=0):
-        self.cfg, self.size, self.dropped = cfg, size, 0
-        if cfg.data == "synthetic":
-            self.tasks = scenes.parse_tasks(cfg.tasks)
-            self.held_out = self.as_text(self.held_out_set("default", workers))
-            # the same questions about scenes drawn differently (scenes.STYLES): does the model read the images?
-            self.shifted = [] if cfg.text_only else self.held_out_set("shifted", workers)
-        elif cfg.text_only:
-            raise UsageError("--text_only needs the synthetic data: a folder's images come without descriptions")
-        else:
-            convs = data.load_folder(cfg.data, size)
-            if len(convs) < 10:
-                raise UsageError(f"--data={cfg.data} has {len(convs)} examples; a held-out split (a tenth, at least "
-                                 "one) and training need at least 10")
-            random.Random(0).shuffle(convs)
-            n_eval = min(len(convs) // 10, cfg.eval_per_task)
-            self.held_out, self.train, self.shifted = convs[:n_eval], convs[n_eval:], []
-            seen = {fingerprint(c) for c in self.train}  # a held-out copy of a training example measures memory
-            self.held_out = [c for c in self.held_out if fingerprint(c) not in seen]
-            self.dropped = n_eval - len(self.held_out)
-            if not self.held_out:
-                raise UsageError(f"--data={cfg.data}: every held-out example also occurs in training")
-
-    def batch(self, it, rank, micro):
-        rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
-        if self.cfg.data == "synthetic":  # one task per batch: similar lengths, so little padding to compute on
-            task = rng.choice(self.tasks)
-            return self.as_text(scenes.sample_conversations(rng, self.cfg.batch_size, self.size, (task,),
-                                                          self.cfg.questions, self.cfg.frames))
-        return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
-
-    def as_text(self, convs):
-        return [scenes.as_text(c) for c in convs] if self.cfg.text_only else convs
-
-    def held_out_set(self, style, workers):
-        """scenes.eval_conversations, drawn in parts by the workers (video clips make it a minute's work)."""
-        n = self.cfg.eval_per_task
-        part = functools.partial(held_out_part, n, self.size, self.tasks, style, self.cfg.frames)
-        return [c for convs in drawn_ahead(part, math.ceil(n * len(self.tasks) / EVAL_PART), workers) for c in convs]
-
-
-EVAL_PART = 16  # held-out conversations a worker draws at a time
-
-
-def held_out_part(n_per_task, size, tasks, style, frames, k):
-    return scenes.eval_conversations(n_per_task, size, tasks, style, frames, slice(k * EVAL_PART, (k + 1) * EVAL_PART))
-
-
-def training_batch(source, tok, rank, start_iter, grad_accum, i):
-    """The i-th micro-batch from start_iter on, collated: what the workers draw ahead of the step."""
-    it, micro = start_iter + i // grad_accum, i % grad_accum
-    return data.collate(source.batch(it, rank, micro), tok, source.size)
-
-
-def fingerprint(conv):
-    return tuple((tuple(im.tobytes() for im in t.images), t.question, t.answer) for t in conv.turns)
 
 
 def to_device(batch, device):
@@ -277,8 +212,8 @@ def main(argv):
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    source = Conversations(cfg, model_cfg.image_size, workers)
+    workers = data.default_workers() if cfg.workers is None else cfg.workers
+    source = data.Conversations(cfg, model_cfg.image_size, workers)
     def batches(convs, blank_images=False):
         return [data.collate(convs[i:i + 64], tok, model_cfg.image_size, blank_images)
                 for i in range(0, len(convs), 64)]
@@ -317,8 +252,8 @@ def main(argv):
     bar = progress_bar(range(start_iter, cfg.max_iters), master and cfg.progress, initial=start_iter,
                        total=cfg.max_iters)
     # batches come from worker processes that draw them ahead of the step (a pure function of the index)
-    draw = functools.partial(training_batch, source, tok, rank, start_iter, cfg.grad_accum)
-    batches = iter(drawn_ahead(draw, (cfg.max_iters - start_iter) * cfg.grad_accum, workers,
+    draw = functools.partial(data.training_batch, source, tok, rank, start_iter, cfg.grad_accum)
+    batches = iter(data.drawn_ahead(draw, (cfg.max_iters - start_iter) * cfg.grad_accum, workers,
                                pin_memory=device_type == "cuda"))
     tokens, t0, loss_sum, steps = 0, time.time(), 0.0, 0
     for it in bar:

@@ -277,7 +277,7 @@ def test_optimizer_groups():
 
 def test_ranks_iterations_and_micro_batches_get_different_data():
     cfg = train.TrainConfig(batch_size=3, eval_per_task=1, seed=5)
-    source = train.Conversations(cfg, 32)
+    source = data.Conversations(cfg, 32)
 
     def fingerprint(convs):
         return [(c.task, [(t.question, t.answer, [im.tobytes() for im in t.images]) for t in c.turns])
@@ -285,7 +285,7 @@ def test_ranks_iterations_and_micro_batches_get_different_data():
 
     base = fingerprint(source.batch(7, rank=0, micro=0))
     assert len(base) == 3
-    assert base == fingerprint(train.Conversations(cfg, 32).batch(7, rank=0, micro=0))  # a pure function
+    assert base == fingerprint(data.Conversations(cfg, 32).batch(7, rank=0, micro=0))  # a pure function
     for other in [(7, 1, 0), (8, 0, 0), (7, 0, 1)]:
         assert fingerprint(source.batch(*other)) != base, other
     ranks = [fingerprint(source.batch(it, rank=r, micro=0)) for r in range(2) for it in range(4)]
@@ -295,15 +295,15 @@ def test_ranks_iterations_and_micro_batches_get_different_data():
 
 def test_held_out_copies_of_training_examples_are_dropped(tmp_path):
     folder = folder_dataset(tmp_path / "data")
-    source = train.Conversations(train.TrainConfig(data=str(folder), eval_per_task=2), 32)
-    seen = {train.fingerprint(c) for c in source.train}
-    assert source.held_out and not [c for c in source.held_out if train.fingerprint(c) in seen]
+    source = data.Conversations(train.TrainConfig(data=str(folder), eval_per_task=2), 32)
+    seen = {data.fingerprint(c) for c in source.train}
+    assert source.held_out and not [c for c in source.held_out if data.fingerprint(c) in seen]
     assert source.dropped >= 1 and len(source.held_out) + source.dropped == 2  # 30 examples: a tenth, at most 2
     assert len(source.train) == 28
-    with pytest.raises(UsageError, match="has 4 examples"):
-        train.Conversations(train.TrainConfig(data=str(folder_dataset(tmp_path / "few", range(4)))), 32)
-    with pytest.raises(UsageError, match="every held-out example also occurs in training"):
-        train.Conversations(train.TrainConfig(data=str(folder_dataset(tmp_path / "same", [0] * 10))), 32)
+    with pytest.raises(data.DataError, match="has 4 examples"):
+        data.Conversations(train.TrainConfig(data=str(folder_dataset(tmp_path / "few", range(4)))), 32)
+    with pytest.raises(data.DataError, match="every held-out example also occurs in training"):
+        data.Conversations(train.TrainConfig(data=str(folder_dataset(tmp_path / "same", [0] * 10))), 32)
 
 
 # ------------------------------------------------------------------------------------------------ training runs
@@ -534,7 +534,7 @@ def test_training_from_a_folder(runs):
     assert [r["iter"] for r in train_rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in train_rows)
     # every training batch is drawn from the folder's examples; a held-out copy of a training one is dropped
     cfg = train.TrainConfig(data=str(d / "folder_data"), batch_size=6, eval_per_task=2)
-    source = train.Conversations(cfg, 32)
+    source = data.Conversations(cfg, 32)
     assert f"{source.dropped} held-out example(s) dropped: they also occur in the training data" \
         in results["folder"].stdout
     assert len(source.held_out) + source.dropped == 2 and len(source.train) == 28
@@ -545,7 +545,7 @@ def test_training_from_a_folder(runs):
 def test_text_only_batches_hold_no_image():
     cfg = train.TrainConfig(batch_size=6, eval_per_task=2, text_only=True, tasks="color,reading,multi_image,video",
                             frames=3)
-    source = train.Conversations(cfg, 32)
+    source = data.Conversations(cfg, 32)
     tok = data.Tokenizer()
     for it in range(8):
         batch = data.collate(source.batch(it, 0, 0), tok, 32)
@@ -554,5 +554,5 @@ def test_text_only_batches_hold_no_image():
 
 
 def test_frames_sets_the_length_of_every_clip():
-    source = train.Conversations(train.TrainConfig(batch_size=3, eval_per_task=2, tasks="video", frames=5), 32)
+    source = data.Conversations(train.TrainConfig(batch_size=3, eval_per_task=2, tasks="video", frames=5), 32)
     assert all(len(c.turns) == 5 for c in source.batch(0, 0, 0) + source.held_out)
