@@ -33,8 +33,9 @@ import torch.nn.functional as F
 import data
 import scenes
 from casa import VLM, VLMConfig, check_fields
-from common import (build, build_model, build_optimizer, check_fits, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config, open_log,
-                    parse_options, pick_device, resume_checkpoint, run_script, save_checkpoint)
+from common import (build, build_model, build_optimizer, check_fits, load_optimizer_state, load_weights,
+                    lock_out_dir, lr_factor, model_config, open_log, parse_options, pick_device,
+                    resume_checkpoint, run_script, save_checkpoint)
 
 
 @dataclass
@@ -146,7 +147,8 @@ def main(argv):
         load_weights(heads, ckpt["heads"], ckpt_path)
         load_optimizer_state(optimizer, ckpt, ckpt_path)
     grid = model_cfg.image_size // model_cfg.patch_size
-    held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]  # seed never trained
+    # seed -1: never trained on
+    held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
     # training time (evaluation excluded; data_s: the part the loop waited for batches, or drew them with workers=0)
     spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}

@@ -190,8 +190,9 @@ def main(argv):
     if cfg.init_from == "resume":
         run = ckpt["train_config"]  # the options of the run that wrote it
         # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
-        load_optimizer_state(optimizer, ckpt, ckpt_path, f"resume with the --pretrained_lr of the run that wrote it "
-                             f"({run.get('pretrained_lr')}) and its --vision_lr ({run.get('vision_lr', run.get('lr'))})")
+        vision_lr = run.get("vision_lr", run.get("lr"))
+        load_optimizer_state(optimizer, ckpt, ckpt_path, "resume with the --pretrained_lr of the run that wrote it "
+                             f"({run.get('pretrained_lr')}) and its --vision_lr ({vision_lr})")
         try:
             scaler.load_state_dict(ckpt["scaler"])
             random.setstate(ckpt["rng"]["python"])
