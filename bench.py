@@ -16,7 +16,6 @@ another's.
 """
 import json
 import multiprocessing
-import platform
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -28,8 +27,8 @@ import data
 import figures
 import scenes
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
-from common import (UsageError, build, check_writable, model_config, param_counts, parse_options, pick_device,
-                    run_script)
+from common import (UsageError, build, check_writable, machine, model_config, param_counts, parse_fusions,
+                    parse_options, pick_device, read_json, run_script)
 
 
 @dataclass
@@ -39,12 +38,7 @@ class BenchOptions:
 
     def __post_init__(self):
         check_fields(self, at_least=self.at_least)
-        if not self.fusion_list or set(self.fusion_list) - set(FUSIONS):
-            raise ValueError(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}, got {self.fusions!r}")
-
-    @property
-    def fusion_list(self):
-        return [f for f in self.fusions.split(",") if f]
+        self.fusion_list = parse_fusions(self.fusions)
 
 
 @dataclass
@@ -95,14 +89,6 @@ def peak_memory_mb(device):
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def machine(device):
-    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def matmul_peak_flops(device, dtype=torch.float32, n=2048, repeats=10):
@@ -251,15 +237,6 @@ def run_each(target, fusions, args, overrides):
         print(f"{fusion}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[fusion].items()
                                        if isinstance(v, (int, float))), flush=True)
     return results
-
-
-def read_json(path):
-    """The results an earlier run wrote (to draw them again)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--json={path}: cannot read results from it ({e})") from None
 
 
 def main(argv):

@@ -3,6 +3,8 @@ common.py: what every casa script stands on, so that the scripts are peers and n
 
     UsageError, run_script        bad input is one line on stderr and exit 2; Ctrl-C and SIGTERM end quietly
     parse_options                 the one option parser: --key=value or --key value, typed from the run's dataclasses
+    parse_fusions, read_json      the --fusions list and the --json of an earlier run, for the measuring scripts
+    machine                       what a measurement ran on
     pick_device, pick_dtype       device and precision
     param_counts                  a model's parameters per part
     write_atomic, save_checkpoint, load_checkpoint, load_model, build_model, resume_checkpoint
@@ -18,6 +20,7 @@ import fcntl
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -31,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from casa import VLM, VLMConfig
+from casa import FUSIONS, VLM, VLMConfig
 
 # the model options a script may set; vocab_size and image_token_id come from the tokenizer
 MODEL_KEYS = [f.name for f in fields(VLMConfig) if f.name not in ("vocab_size", "image_token_id")]
@@ -244,6 +247,23 @@ def progress_bar(iterable, enabled, **kwargs):
     return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **kwargs)
 
 
+def parse_fusions(text):
+    """A --fusions option: a comma-separated list of casa.FUSIONS."""
+    names = [name for name in text.split(",") if name]
+    if not names or set(names) - set(FUSIONS):
+        raise ValueError(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}, got {text!r}")
+    return names
+
+
+def read_json(path):
+    """The results an earlier run wrote to --json (to draw them again)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--json={path}: cannot read results from it ({e})") from None
+
+
 # ------------------------------------------------------------------------------------------------ system
 
 
@@ -267,6 +287,16 @@ def pick_device(name):
     if device.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"--device expects auto, cpu, cuda, cuda:N or mps, got {name!r}")
     return name
+
+
+def machine(device="cpu"):
+    """What a measurement ran on, stored beside its results."""
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def pick_dtype(name, device):

@@ -20,22 +20,20 @@ of train.py (e.g. --n_embd=256).
 """
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 
-import torch
 from PIL import Image
 
 import data
 import figures
 import scenes
 from casa import FUSIONS, VLMConfig, check_fields
-from common import (UsageError, build, caption_stream, check_writable, load_checkpoint, load_model, model_config,
-                    parse_options, run_script)
+from common import (UsageError, build, caption_stream, check_writable, load_checkpoint, load_model, machine,
+                    model_config, parse_fusions, parse_options, read_json, run_script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,16 +51,11 @@ class LearnOptions:
 
     def __post_init__(self):
         check_fields(self, at_least=dict(vision_iters=0))
-        if not self.fusion_list:  # each name is checked with the model options, in main
-            raise ValueError(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}, got {self.fusions!r}")
+        self.fusion_list = parse_fusions(self.fusions)
         try:
             shlex.split(self.train_args)
         except ValueError as e:
             raise ValueError(f"--train_args: {e}") from None
-
-    @property
-    def fusion_list(self):
-        return [f for f in self.fusions.split(",") if f]
 
 
 @dataclass
@@ -394,15 +387,6 @@ def draw_bars(r, path, group_width=150, height=460):
 # ------------------------------------------------------------------------------------------------ main
 
 
-def read_json(path):
-    """The results an earlier run wrote (to draw them again)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--json={path}: cannot read results from it ({e})") from None
-
-
 def main(argv):
     command, (options, overrides) = parse_options(argv, None, __doc__, COMMANDS)
     args = build(dict(COMMANDS[command])[f"{command} options"], options)
@@ -434,11 +418,9 @@ def main(argv):
         if args.png:
             draw_bars(results, args.png)
     if args.json and not args.redraw:
-        machine = {"torch": torch.__version__, "python": platform.python_version(),
-                   "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
         extra = {"wall_s_this_invocation": time.time() - start} if command == "paper" else {}
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "options": asdict(args), **extra, **results}, f, indent=1)
+            json.dump({"machine": machine(), "options": asdict(args), **extra, **results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,14 @@ def one_clean_line(r, script, code=2):
     return r.stderr.strip()
 
 
+def run_bad_options(pool, script, cases, tmp):
+    """Every command line of cases (name -> (arguments, what the error says); {tmp} in an argument: tmp), two at a
+    time: {name: its CompletedProcess}."""
+    jobs = {name: pool.submit(run_preloaded, script, *[a.format(tmp=tmp) for a in args])
+            for name, (args, _) in cases.items()}
+    return {name: job.result() for name, job in jobs.items()}
+
+
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no pickled code
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import casa
-from conftest import MODEL, ok, one_clean_line, run, run_preloaded
+from conftest import MODEL, ok, one_clean_line, run, run_bad_options, run_preloaded
 
 FRAME_KEYS = {"ttft_ms_first", "ttft_ms_last", "decode_tok_s_first", "decode_tok_s_last", "kv_tokens_final",
               "kv_bytes_final", "peak_mem_mb"}
@@ -67,9 +67,7 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
 @pytest.fixture(scope="module")
 def bad_runs(pool, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench_bad")
-    jobs = {name: pool.submit(run_preloaded, "bench.py", *[a.format(tmp=tmp) for a in args])
-            for name, (args, _) in BAD.items()}
-    return tmp, {name: job.result() for name, job in jobs.items()}
+    return tmp, run_bad_options(pool, "bench.py", BAD, tmp)
 
 
 @pytest.mark.parametrize("name", BAD)

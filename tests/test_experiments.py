@@ -9,7 +9,7 @@ from PIL import Image
 
 import casa
 import experiments
-from conftest import MODEL, load, ok, one_clean_line, run, run_preloaded
+from conftest import MODEL, load, ok, one_clean_line, run, run_bad_options, run_preloaded
 
 
 def test_first_reached_finds_the_first_eval_at_each_level():
@@ -75,7 +75,7 @@ def test_run_jobs_resumes_an_interrupted_run_and_skips_a_finished_one(tmp_path, 
 
 BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "learn_fusions_empty": (["learn", "--fusions="], "--fusions takes a comma-separated list"),
-    "learn_unknown_fusion": (["learn", "--fusions=casa,concat"], "fusion must be one of"),
+    "learn_unknown_fusion": (["learn", "--fusions=casa,concat"], "--fusions takes a comma-separated list"),
     "learn_unbalanced_quote": (["learn", "--train_args=--lr='3"], "--train_args: No closing quotation"),
     "learn_png_is_a_folder": (["learn", "--png={tmp}"], "--png={tmp}: is a directory"),
     "paper_jobs_0": (["paper", "--jobs=0"], "jobs must be >= 1, got 0"),
@@ -89,9 +89,7 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
 @pytest.fixture(scope="module")
 def bad_runs(pool, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("experiments_bad")
-    jobs = {name: pool.submit(run_preloaded, "experiments.py", *[a.format(tmp=tmp) for a in args])
-            for name, (args, _) in BAD.items()}
-    return tmp, {name: job.result() for name, job in jobs.items()}
+    return tmp, run_bad_options(pool, "experiments.py", BAD, tmp)
 
 
 @pytest.mark.parametrize("name", BAD)
