@@ -9,16 +9,21 @@ models and scores them).
         measured here
     python bench.py table
         the analytic view: parameters, FLOPs per generated token and bytes cached per turn
+    python bench.py data --json results/data.json
+        feeding the training step: batches drawn per second by 0, 1, 2, 4 worker processes for each task mix, the
+        demo model's step time, and the share of the training loop spent waiting for data
 
 Options are --key=value or --key value: each command's own (see --help after the command) and the model options
 of train.py (e.g. --n_embd=256). Every fusion runs in a fresh process, so the peak memory of one does not hide in
 another's.
 """
+import functools
 import json
 import multiprocessing
 import resource
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,8 +32,8 @@ import data
 import figures
 import scenes
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
-from common import (UsageError, build, check_writable, machine, model_config, param_counts, parse_fusions,
-                    parse_options, pick_device, read_json, run_script)
+from common import (UsageError, build, build_optimizer, check_writable, machine, model_config, param_counts,
+                    parse_fusions, parse_options, pick_device, read_json, run_script)
 
 
 @dataclass
@@ -68,8 +73,36 @@ class TableOptions(BenchOptions):
     at_least = dict(tokens=1, turns=1)
 
 
+MIXES = {"demo": "color,shape,count,position", "all": "all", "video": "video"}  # the task mixes train.py draws
+
+
+@dataclass
+class DataOptions:
+    device: str = "auto"
+    mixes: str = ",".join(MIXES)  # comma-separated: demo (the demo's four tasks), all (the eight), video
+    workers: str = "0,1,2,4"      # worker counts to measure, comma-separated
+    batch_size: int = 32          # conversations per batch, as train.py
+    frames: int = 8               # video: frames per clip
+    batches: int = 24             # batches drawn per measurement
+    steps: int = 12               # training steps timed per worker count (the demo mix, casa)
+    json: str = ""
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(batch_size=1, frames=1, batches=1, steps=1))
+        self.mix_list = [m for m in self.mixes.split(",") if m]
+        if not self.mix_list or set(self.mix_list) - set(MIXES):
+            raise ValueError(f"--mixes takes a comma-separated list of {', '.join(MIXES)}, got {self.mixes!r}")
+        try:
+            self.worker_counts = [int(w) for w in self.workers.split(",")]
+        except ValueError:
+            raise ValueError(f"--workers takes comma-separated counts, got {self.workers!r}") from None
+        if not self.worker_counts or min(self.worker_counts) < 0:
+            raise ValueError(f"--workers takes counts >= 0, got {self.workers!r}")
+
+
 COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
-            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions))}
+            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions),
+                              ("data", DataOptions))}
 
 
 def model_for(fusion, overrides, device):
@@ -199,6 +232,78 @@ def train_one(fusion, args, overrides):
                 images.size(0) * model.config.n_image_tokens if fusion == "insertion" else 0)}
 
 
+# ------------------------------------------------------------------------------------------------ data
+
+
+def source_of(args, mix, size):
+    """What train.py draws its batches from, for this task mix (train.py's data options, its defaults)."""
+    options = SimpleNamespace(data="synthetic", tasks=MIXES[mix], questions=4, frames=args.frames, text_only=False,
+                              batch_size=args.batch_size, eval_per_task=1, seed=0)
+    return data.Conversations(options, size)
+
+
+def drawing_rate(source, tok, workers, n):
+    """Batches per second (wall clock) drawn by `workers` processes, their start-up left out: the first batch of
+    each worker is waited for before the clock starts."""
+    draw = functools.partial(data.training_batch, source, tok, 0, 0, 1)
+    batches = iter(data.drawn_ahead(draw, n + max(1, workers), workers))
+    for _ in range(max(1, workers)):
+        next(batches)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(batches)
+    return n / (time.perf_counter() - t0)
+
+
+def training_loop(source, tok, model, optimizer, workers, steps, device):
+    """train.py's loop, timed: seconds per step, and the share of it spent waiting for the next batch."""
+    draw = functools.partial(data.training_batch, source, tok, 0, 0, 1)
+    batches = iter(data.drawn_ahead(draw, steps + 1, workers, pin_memory=device.startswith("cuda")))
+    waited, t0 = 0.0, None
+    for i in range(steps + 1):  # the first step warms up (allocator, optimizer state, the workers' start)
+        if i == 1:
+            sync(device)
+            waited, t0 = 0.0, time.perf_counter()
+        start = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - start
+        idx, targets, images = (t.to(device, non_blocking=True) for t in (batch.idx, batch.targets, batch.images))
+        _, loss = model(idx, images, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return {"ms_per_step": 1000 * seconds / steps, "data_wait_share": waited / seconds}
+
+
+def data_bench(args, overrides, device):
+    """Per task mix: ms to draw one batch on one core (process time, in-process) and batches/s with each worker
+    count; then the demo's model (casa, default size) trained on the demo mix with each worker count."""
+    model, tok = model_for("casa", overrides, device)
+    size = model.config.image_size
+    results = {"mixes": {}}
+    for mix in args.mix_list:
+        source = source_of(args, mix, size)
+        t0 = time.process_time()
+        for i in range(args.batches):
+            data.training_batch(source, tok, 0, 0, 1, i)
+        row = {"ms_per_batch_one_core": 1000 * (time.process_time() - t0) / args.batches,
+               "batches_per_s": {w: drawing_rate(source, tok, w, args.batches) for w in args.worker_counts}}
+        results["mixes"][mix] = row
+        print(f"{mix}: {row['ms_per_batch_one_core']:.1f} ms a batch on one core; batches/s by workers: "
+              + ", ".join(f"{w}: {r:.1f}" for w, r in row["batches_per_s"].items()), flush=True)
+    optimizer = build_optimizer(list(model.named_parameters()), lambda name: 6e-3, ("blocks.",),
+                                SimpleNamespace(optimizer="muon", weight_decay=0.1, lr=6e-3))
+    source = source_of(args, "demo", size)
+    results["demo_step"] = {w: training_loop(source, tok, model, optimizer, w, args.steps, device)
+                            for w in args.worker_counts}
+    for w, r in results["demo_step"].items():
+        print(f"demo step with {w} worker(s): {r['ms_per_step']:.0f} ms, {r['data_wait_share']:.1%} of it waiting "
+              "for data", flush=True)
+    return results
+
+
 # ------------------------------------------------------------------------------------------------ table
 
 
@@ -247,7 +352,9 @@ def main(argv):
     check_writable(args.json if not redraw else "", "json")
     check_writable(getattr(args, "png", ""), "png")
     device = pick_device(getattr(args, "device", "cpu"))
-    if command == "table":
+    if command == "data":
+        results = {"machine": machine(device), "options": asdict(args), **data_bench(args, overrides, device)}
+    elif command == "table":
         results = analytic_table(args.fusion_list, overrides, args.turns, args.tokens)
         print(f"{'fusion':<10} {'params':>9} {'fusion params':>14} {'FLOPs/token':>12} {'KV bytes/turn':>14}"
               f"   (after {args.turns} turns of G={args.tokens})")

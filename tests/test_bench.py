@@ -34,6 +34,18 @@ def test_bench_smoke_runs_write_the_json_keys(pool, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_data_smoke_run_writes_rates_and_the_wait_share(tmp_path):
+    r = ok(run("bench.py", "data", "--mixes=demo,video", "--workers=0,1", "--batches=2", "--steps=1",
+               "--batch_size=2", "--frames=2", f"--json={tmp_path / 'd.json'}", *MODEL))
+    result = json.loads((tmp_path / "d.json").read_text())
+    for mix in ("demo", "video"):
+        assert result["mixes"][mix]["ms_per_batch_one_core"] > 0
+        assert set(result["mixes"][mix]["batches_per_s"]) == {"0", "1"}
+    assert set(result["demo_step"]) == {"0", "1"}
+    assert all(0 <= step["data_wait_share"] < 1 for step in result["demo_step"].values())
+    assert "demo step with 1 worker(s):" in r.stdout
+
+
 def test_table_with_model_options_as_key_space_value():
     """`python bench.py table --n_embd 64`, from a shell."""
     r = ok(run("bench.py", "table", "--n_embd", "64"))
@@ -46,6 +58,9 @@ def test_table_with_model_options_as_key_space_value():
 
 
 BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
+    "data_unknown_mix": (["data", "--mixes=demo,chess"], "--mixes takes a comma-separated list"),
+    "data_workers_not_counts": (["data", "--workers=0,two"], "--workers takes comma-separated counts"),
+    "data_workers_negative": (["data", "--workers=-1"], "--workers takes counts >= 0"),
     "train_frames_0": (["train", "--frames=0"], "frames must be >= 1, got 0"),
     "train_batch_size_0": (["train", "--batch_size=0"], "batch_size must be >= 1, got 0"),
     "train_max_iters_0": (["train", "--max_iters=0"], "max_iters must be >= 1, got 0"),
