@@ -104,6 +104,14 @@ def run_bad_options(pool, script, cases, tmp):
     return {name: job.result() for name, job in jobs.items()}
 
 
+def check_bad_option(bad_runs, cases, name, script):
+    """One of run_bad_options' runs: one line naming the mistake, nothing printed or written before it."""
+    tmp, results = bad_runs
+    assert cases[name][1].format(tmp=tmp) in one_clean_line(results[name], script)
+    assert results[name].stdout == ""
+    assert list(tmp.iterdir()) == []
+
+
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no pickled code
 
