@@ -10,13 +10,16 @@ untrained models; these train).
         the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one text-only
         LM (setting (i)), cross and CASA adapting the frozen insertion VLM (setting (ii)), live captioning; writes
         results/paper.json, .md, .png and a captioned GIF
+    python experiments.py captions --ckpt=out-video/ckpt.pt --frames=64 --max_text=160 --json=captions.json
+        live captions of held-out clips streamed through one cache (sample.py --video's path), scored frame by
+        frame: exact match, overall and per kind of caption; the blind baseline; the cache's bytes as a clip goes on
 
 Every run is a job of one runner (run_jobs): a process of its own, keeping its folder in --out_dir (checkpoint,
 log, stdout.txt), so a rerun resumes what was interrupted and skips what is done; with every run done, a rerun only
 scores and draws again. --redraw draws the picture (and paper's tables) again from --json alone, training nothing.
 
-Options are --key=value or --key value: each command's own (see --help after the command) and the model options
-of train.py (e.g. --n_embd=256).
+Options are --key=value or --key value: each command's own (see --help after the command) and, for learn and
+paper, the model options of train.py (e.g. --n_embd=256).
 """
 import json
 import os
@@ -73,8 +76,25 @@ class PaperOptions:
         check_fields(self, at_least=dict(jobs=1))
 
 
-COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
-            for name, cls in (("learn", LearnOptions), ("paper", PaperOptions))}
+@dataclass
+class CaptionOptions:
+    ckpt: str = "out-video/ckpt.pt"  # a train.py checkpoint that learned the video task
+    clips: int = 16               # held-out clips: seeds EVAL_SEED0, EVAL_SEED0 + 1, ...
+    frames: int = 8               # frames per clip
+    max_text: int | None = None   # keep only the latest N text tokens in the cache (sample.py --max_text)
+    style: str = "default"        # how the clips are drawn: default, or shifted (never seen in training)
+    json: str = ""                # write the scores here
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(clips=1, frames=1, max_text=1))
+        if self.style not in scenes.STYLES:
+            raise ValueError(f"--style is one of {', '.join(scenes.STYLES)}, got {self.style!r}")
+
+
+MODEL_OPTIONS = ("model options (VLMConfig, as in train.py)", VLMConfig)
+COMMANDS = {"learn": [("learn options", LearnOptions), MODEL_OPTIONS],
+            "paper": [("paper options", PaperOptions), MODEL_OPTIONS],
+            "captions": [("captions options", CaptionOptions)]}  # the checkpoint says what the model is
 
 
 # ------------------------------------------------------------------------------------------------ the job runner
@@ -241,28 +261,58 @@ def named(caption):
     return sorted(w for w in caption.split() if w in scenes.COLORS or w in scenes.SHAPES)
 
 
-def caption_scores(ckpt_path, n_clips, frames):
-    """Held-out clips streamed through the live-captioning path, frame by frame: exact match and the share of
-    frames whose caption names the right colours and shapes, for the real frames and for blank ones (the blind
-    baseline); milliseconds per frame and the cache after a clip."""
+CAPTION_KINDS = {"moves": " moves to the ", "appears": " appears at the ", "disappears": " disappears",
+                 "turns": " turns "}  # the one change a caption after frame 0 names (scenes._video_step)
+CACHE_AT = (8, 16, 32, 64)  # frames after which the cache is weighed (and after a clip's last)
+
+
+def caption_kind(caption):
+    """What a reference caption of scenes.make_clip says: one change (CAPTION_KINDS), or the frame in full."""
+    return next((kind for kind, words in CAPTION_KINDS.items() if words in caption), "full")
+
+
+def caption_scores(ckpt_path, n_clips, frames, max_text=None, style="default"):
+    """Held-out clips (drawn in `style`) streamed through the live-captioning path, frame by frame, keeping the
+    latest max_text text tokens: exact match, overall and per kind of caption, and the share of frames whose
+    caption names the right colours and shapes, for the real frames and for blank ones (the blind baseline);
+    milliseconds per frame, the cache after the last clip and its most bytes over the clips at CACHE_AT."""
     model, tok, _ = load_model(ckpt_path, "cpu")
-    size, scores = model.config.image_size, {}
+    size, scores = model.config.image_size, {"fusion": model.config.fusion}
+    clips = [scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames, style) for i in range(n_clips)]
     gray = Image.new("RGB", (size, size), data.GRAY)
     for blind in (False, True):
-        hits, soft, seconds = 0, 0, []
-        for i in range(n_clips):
-            clip = scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames)
+        rows, bytes_at = [], {}  # rows: (kind, exact, names right, seconds) per frame
+        for clip in clips:
             shown = [gray if blind else turn.images[0] for turn in clip.turns]
-            for turn, (said, s, cache) in zip(clip.turns, caption_stream(model, tok, shown, "cpu", 24)):
-                hits, soft = hits + (said == turn.answer), soft + (named(said) == named(turn.answer))
-                seconds.append(s)
+            stream = caption_stream(model, tok, shown, "cpu", 24, max_text)
+            for f, (turn, (said, s, cache)) in enumerate(zip(clip.turns, stream), 1):
+                rows.append((caption_kind(turn.answer), said == turn.answer, named(said) == named(turn.answer), s))
+                if f in CACHE_AT or f == frames:
+                    bytes_at[f] = max(bytes_at.get(f, 0), cache.stats()["bytes"])
+        share = lambda col, of: sum(r[col] for r in of) / len(of)
         prefix = "blind_" if blind else ""
-        scores.update({f"{prefix}exact": hits / len(seconds), f"{prefix}soft": soft / len(seconds)})
+        scores.update({f"{prefix}exact": share(1, rows), f"{prefix}soft": share(2, rows)})
         if not blind:
-            stats = cache.stats()
-            scores.update(frames=len(seconds), ms_per_frame=1000 * sum(seconds) / len(seconds),
-                          cache_tokens=stats["tokens"], cache_bytes=stats["bytes"])
+            stats, kinds = cache.stats(), {k: [r for r in rows if r[0] == k] for k in ("full", *CAPTION_KINDS)}
+            scores.update(frames=len(rows), ms_per_frame=1000 * sum(r[3] for r in rows) / len(rows),
+                          cache_tokens=stats["tokens"], cache_bytes=stats["bytes"], cache_bytes_at=bytes_at,
+                          by_kind={k: {"frames": len(of), "exact": share(1, of) if of else None}
+                                   for k, of in kinds.items()})
     return scores
+
+
+def caption_table(c, args):
+    """The scores of caption_scores as lines of text."""
+    window = f"the latest {args.max_text} text tokens" if args.max_text else "all the text"
+    rows = [f"{c['fusion']} ({args.ckpt}): {args.clips} held-out clips of {args.frames} frames ({args.style} look), "
+            f"the cache keeping {window}", f"{'caption':<12} {'frames':>6} {'exact':>7}",
+            f"{'all':<12} {c['frames']:>6} {percent(c['exact']) + '%':>7}"]
+    rows += [f"{k:<12} {r['frames']:>6} {'-' if r['exact'] is None else percent(r['exact']) + '%':>7}"
+             for k, r in c["by_kind"].items()]
+    rows += [f"names the right colours and shapes: {percent(c['soft'])}%; blind (gray frames): exact "
+             f"{percent(c['blind_exact'])}%, names {percent(c['blind_soft'])}%; {c['ms_per_frame']:.0f} ms a frame",
+             "cache bytes after frame " + "; ".join(f"{f}: {b:,}" for f, b in c["cache_bytes_at"].items())]
+    return "\n".join(rows)
 
 
 def paper(args, overrides):
@@ -388,28 +438,32 @@ def draw_bars(r, path, group_width=150, height=460):
 
 
 def main(argv):
-    command, (options, overrides) = parse_options(argv, None, __doc__, COMMANDS)
+    command, (options, *model_options) = parse_options(argv, None, __doc__, COMMANDS)
     args = build(dict(COMMANDS[command])[f"{command} options"], options)
+    overrides = model_options[0] if model_options else {}
     tok = data.Tokenizer()
     model_config(overrides, tok)  # bad model options refused here, before any run
     for fusion in getattr(args, "fusion_list", ()):  # and a bad name in learn's --fusions
         model_config({**overrides, "fusion": fusion}, tok)
+    redraw = getattr(args, "redraw", False)
     for option in ("json", "png", "md", "gif"):
-        if not (args.redraw and option == "json"):
+        if not (redraw and option == "json"):
             check_writable(getattr(args, option, ""), option)
     start = time.time()
-    if args.redraw:
+    if redraw:
         results = read_json(args.json)
     elif command == "learn":
         results = learn(args, overrides)
-    else:
+    elif command == "paper":
         results = paper(args, overrides)
+    else:
+        results = caption_scores(args.ckpt, args.clips, args.frames, args.max_text, args.style)
     if command == "learn":
         runs = {k: v for k, v in results.items() if k in FUSIONS}
         print(learn_table(runs))
         if args.png:
             draw_learning_curves(runs, args.png)
-    else:
+    elif command == "paper":
         tables = paper_tables(results)
         print(tables)
         if args.md:
@@ -417,7 +471,9 @@ def main(argv):
                 f.write(tables)
         if args.png:
             draw_bars(results, args.png)
-    if args.json and not args.redraw:
+    else:
+        print(caption_table(results, args))
+    if args.json and not redraw:
         extra = {"wall_s_this_invocation": time.time() - start} if command == "paper" else {}
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "options": asdict(args), **extra, **results}, f, indent=1)

@@ -9,6 +9,7 @@ from PIL import Image
 
 import casa
 import experiments
+import scenes
 from conftest import MODEL, check_bad_option, load, ok, run, run_bad_options, run_preloaded
 
 
@@ -83,6 +84,12 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "paper_bad_model_option": (["paper", "--n_head=3"], "must split into 3 heads"),
     "redraw_missing_json": (["learn", "--redraw", "--json={tmp}/none.json"], "cannot read results from it"),
     "unknown_command": (["lern"], "unknown command 'lern'"),
+    "captions_clips_0": (["captions", "--clips=0"], "clips must be >= 1, got 0"),
+    "captions_max_text_0": (["captions", "--max_text=0"], "max_text must be >= 1, got 0"),
+    "captions_unknown_style": (["captions", "--style=sketchy"], "--style is one of default, shifted, got 'sketchy'"),
+    "captions_missing_ckpt": (["captions", "--ckpt={tmp}/none.pt"], "no checkpoint at {tmp}/none.pt"),
+    "captions_model_option": (["captions", "--n_embd=64"], "unknown option --n_embd"),
+    "captions_json_in_a_missing_folder": (["captions", "--json=/missing/c.json"], "no such directory /missing"),
 }
 
 
@@ -95,6 +102,63 @@ def bad_runs(pool, tmp_path_factory):
 @pytest.mark.parametrize("name", BAD)
 def test_bad_options_are_one_line_before_any_run(bad_runs, name):
     check_bad_option(bad_runs, BAD, name, "experiments.py")
+
+
+# ------------------------------------------------------------------------------------------------ captions
+
+def test_caption_kind_names_each_change_a_clip_has():
+    clips = [scenes.make_clip(scenes.EVAL_SEED0 + i, 64, 64) for i in range(4)]
+    kinds = [[experiments.caption_kind(t.answer) for t in clip.turns] for clip in clips]
+    assert all(k[0] == "full" for k in kinds)  # frame 0 describes the frame
+    assert {k for clip in kinds for k in clip} == {"full", *experiments.CAPTION_KINDS}
+    for clip, clip_kinds in zip(clips, kinds):
+        for turn, kind in zip(clip.turns, clip_kinds):
+            names_a_cell = any(turn.answer.endswith(cell) for cell in scenes.CELLS)
+            assert names_a_cell == (kind in ("full", "moves", "appears")), turn.answer
+
+
+def test_caption_scores_match_each_frame_with_its_caption(tiny_ckpt, monkeypatch):
+    """A stream that says the right caption for every real frame of one kind ("moves") and nothing otherwise: exact
+    is that kind's share of the frames, 100% for it and 0 for the others; gray frames get nothing (blind 0)."""
+    truth = {}
+
+    def make_clip(*args):
+        clip = real_make_clip(*args)
+        truth.update({id(t.images[0]): t.answer for t in clip.turns})
+        return clip
+
+    def stream(model, tok, frames, device, max_new_tokens, max_text):
+        cache = model.new_cache(max_text)
+        for frame in frames:
+            said = truth.get(id(frame), "")
+            yield (said if experiments.caption_kind(said) == "moves" else ""), 0.001, cache
+
+    real_make_clip = scenes.make_clip
+    monkeypatch.setattr(scenes, "make_clip", make_clip)
+    monkeypatch.setattr(experiments, "caption_stream", stream)
+    c = experiments.caption_scores(str(tiny_ckpt), 3, 20, max_text=40)
+    kinds = c["by_kind"]
+    assert list(kinds) == ["full", *experiments.CAPTION_KINDS] and c["frames"] == 60
+    assert sum(k["frames"] for k in kinds.values()) == 60 and kinds["moves"]["frames"] > 0
+    assert kinds["moves"]["exact"] == 1 and c["exact"] == kinds["moves"]["frames"] / 60
+    assert all(k["exact"] in (0, None) for name, k in kinds.items() if name != "moves")
+    assert c["blind_exact"] == 0 and c["soft"] >= c["exact"]
+    assert list(c["cache_bytes_at"]) == [8, 16, 20]
+
+
+def test_captions_command_prints_a_table_and_writes_json(tiny_ckpt, tmp_path):
+    out = tmp_path / "c.json"
+    r = ok(run_preloaded("experiments.py", "captions", f"--ckpt={tiny_ckpt}", "--clips=2", "--frames=9",
+                         "--max_text=40", "--style=shifted", f"--json={out}"))
+    c = json.loads(out.read_text())
+    assert c["options"] == {"ckpt": str(tiny_ckpt), "clips": 2, "frames": 9, "max_text": 40, "style": "shifted",
+                            "json": str(out)}
+    assert c["fusion"] == "casa" and c["frames"] == 18 and list(c["cache_bytes_at"]) == ["8", "9"]
+    assert {"exact", "soft", "blind_exact", "blind_soft", "ms_per_frame", "cache_tokens", "cache_bytes"} <= set(c)
+    lines = r.stdout.splitlines()
+    assert "2 held-out clips of 9 frames (shifted look), the cache keeping the latest 40 text tokens" in lines[0]
+    assert [line.split()[0] for line in lines[2:8]] == ["all", "full", *experiments.CAPTION_KINDS]
+    assert lines[-1].startswith("cache bytes after frame 8: ")
 
 
 # ------------------------------------------------------------------------------------------------ paper
