@@ -62,16 +62,18 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # that a model reads the images and not quirks of the generator: other object sizes, darker shades with stronger
 # jitter, more noise, and stripes across the background. Same vocabulary, same questions.
 # Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
-# drawing's pixels) and slants (horizontal shear, either way), so that the encoder learns glyphs rather than one
-# font's pixels; the shifted look draws it bolder and more slanted than training ever does, in coloured ink on a
-# tinted box. At 64x64 the smallest size, 16 px, makes a digit 9 px wide: every glyph spans a patch of 8 px.
+# drawing's pixels), slants (horizontal shear, either way) and shades of dark ink on a light box (+-text_jitter per
+# channel), so that the encoder learns glyphs rather than one font's pixels; the shifted look draws it more slanted
+# than training ever does (and at its boldest), in blue ink (a blue channel far above any training ink's) on a
+# cream box (bolder still would be illegible). At 64x64 the smallest size, 16 px, makes a digit 9 px wide: every
+# glyph spans a patch of 8 px.
 STYLES = {
     "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0,
-                "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.25),
-                "ink": (20, 20, 30), "paper": (235, 235, 225)},
+                "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.3),
+                "ink": (20, 20, 30), "paper": (235, 235, 225), "text_jitter": 40},
     "shifted": {"radius": {"small": 0.085, "big": 0.13}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16,
-                "text_size": (0.25, 0.31), "weight": (4, 4), "slant": (0.3, 0.35),
-                "ink": (30, 40, 140), "paper": (250, 235, 200)},
+                "text_size": (0.25, 0.31), "weight": (3, 3), "slant": (0.3, 0.35),
+                "ink": (30, 40, 140), "paper": (250, 235, 200), "text_jitter": 0},
 }
 CHARS = string.digits + string.ascii_lowercase  # what the reading task's text is made of
 
@@ -133,7 +135,8 @@ def sample_scene(rng, size, text=False, n_objects=None, style="default"):
     """Describe a random scene as a plain dict (draw it with draw_scene):
     size, background {from, to, angle}, noise_seed, objects: list of {shape, color, size ('small'
     or 'big'), x, y (centre pixel), r, bbox (x0, y0, x1, y1), rgb (the jittered colour drawn)},
-    and with text=True also text (1-3 digits or a short word) and text_bbox (its light box); style (see STYLES)."""
+    and with text=True also text (1-3 digits or a short word), text_bbox (its box), and how it is drawn: text_size
+    (font px), text_weight (stroke width at SS x), text_slant (shear), ink and paper (RGB); style (see STYLES)."""
     if not isinstance(size, int) or size < MIN_SIZE:
         raise DataError(f"image size must be an integer >= {MIN_SIZE}, got {size!r}")
     lo, hi = BG_RANGE
@@ -149,6 +152,9 @@ def sample_scene(rng, size, text=False, n_objects=None, style="default"):
         scene["text_size"] = round(size * rng.uniform(*look["text_size"]))
         scene["text_weight"] = rng.randint(*look["weight"])
         scene["text_slant"] = rng.choice((-1, 1)) * rng.uniform(*look["slant"])
+        j = look["text_jitter"]
+        scene["ink"], scene["paper"] = (tuple(min(255, max(0, c + rng.randint(-j, j))) for c in look[part])
+                                        for part in ("ink", "paper"))
         pad, w = max(2, size // 32), size
         while w > size - 3:  # a long word, big, bold and slanted may not fit: a smaller size then
             left, top, right, bottom = _font(scene["text_size"]).getbbox(scene["text"],
@@ -190,17 +196,17 @@ def _polygon(shape, cx, cy, r):
     raise DataError(f"unknown shape {shape!r}")
 
 
-def _draw_text(img, scene, look):
+def _draw_text(img, scene):
     """Draw the scene's text into img (the SS x drawing): its box, then the ink, slanted by shearing around the
     text's vertical centre (a positive slant leans the tops of the glyphs right)."""
     x0, y0, x1, y1 = scene["text_bbox"]
-    ImageDraw.Draw(img).rectangle((x0 * SS, y0 * SS, x1 * SS - 1, y1 * SS - 1), fill=look["paper"])
+    ImageDraw.Draw(img).rectangle((x0 * SS, y0 * SS, x1 * SS - 1, y1 * SS - 1), fill=scene["paper"])
     font, weight, origin, cy, _ = _text_layout(scene)
     ink = Image.new("L", img.size, 0)
     ImageDraw.Draw(ink).text(origin, scene["text"], font=font, fill=255, stroke_width=weight, stroke_fill=255)
     slant = scene["text_slant"]  # output pixel (x, y) takes the ink at (x + slant * (y - cy), y)
     ink = ink.transform(img.size, Image.Transform.AFFINE, (1, slant, -slant * cy, 0, 1, 0), Image.Resampling.BILINEAR)
-    img.paste(look["ink"], mask=ink)
+    img.paste(scene["ink"], mask=ink)
 
 
 def patch_chars(scene, grid):
@@ -235,7 +241,7 @@ def draw_scene(scene):
     img = Image.fromarray(np.clip(c0 + t[..., None] * (c1 - c0) + stripes, 0, 255).astype(np.uint8))
     img = img.resize((big, big), Image.Resampling.NEAREST)  # the background is smooth: no need to compute it at 4x
     if "text" in scene:
-        _draw_text(img, scene, look)
+        _draw_text(img, scene)
     draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
         cx, cy, r = (o["x"] + 0.5) * SS, (o["y"] + 0.5) * SS, o["r"] * SS  # pixel x spans [x, x+1)

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
 from scenes import (  # noqa: E402
-    COLORS, EVAL_SEED0, RESTATE, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation, DataError,
-    Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip, make_conversation,
+    COLORS, EVAL_SEED0, RESTATE, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation,
+    DataError, Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip, make_conversation,
     object_labels, patch_chars, patch_objects, render_scene, sample_conversations, sample_scene, train_seed,
 )
 from show_data import main  # noqa: E402
@@ -235,16 +235,18 @@ def test_patch_chars_label_the_glyphs_left_to_right():
 
 def test_text_styles():
     """Text comes in several sizes, weights and slants (either way); the shifted look draws it in ways training never
-    does (bolder, more slanted, in coloured ink), and the whole text stays legible: its box inside the image."""
+    does (more slanted, in coloured ink on another box), and the whole text stays legible: its box inside the
+    image."""
     for style in STYLES:
         look, drawn = STYLES[style], [sample_scene(random.Random(s), 64, text=True, style=style) for s in range(80)]
         assert {d["text_weight"] for d in drawn} == set(range(look["weight"][0], look["weight"][1] + 1))
         assert {d["text_slant"] > 0 for d in drawn} == {True, False}
         assert all(look["slant"][0] <= abs(d["text_slant"]) <= look["slant"][1] for d in drawn)
-        assert len({d["text_size"] for d in drawn}) > 2
+        assert len({d["text_size"] for d in drawn}) > 2 and len({d["ink"] for d in drawn}) == (
+            1 if look["text_jitter"] == 0 else len(drawn))
         assert all(0 < d["text_bbox"][0] and d["text_bbox"][2] < 63 and d["text_bbox"][3] < 63 for d in drawn)
     default, shifted = STYLES["default"], STYLES["shifted"]
-    assert shifted["weight"][0] > default["weight"][1] and shifted["slant"][0] > default["slant"][1]
+    assert shifted["slant"][0] >= default["slant"][1]
     assert shifted["ink"] != default["ink"] and shifted["paper"] != default["paper"]
 
 
@@ -311,9 +313,14 @@ def test_follow_up_questions_ask_about_the_same_scene(task):
     assert not n_turns or max(n_turns) > 2
 
 
-def test_relation_answers_are_balanced():
-    answers = [make_conversation("relation", s).turns[0].answer for s in range(200)]
-    assert 70 < answers.count("yes") < 130
+def test_relation_answers_are_balanced_for_every_word():
+    """Neither the word nor the names tell the answer: a blind model gets 50%."""
+    answers = {}
+    for s in range(800):
+        turn = make_conversation("relation", s).turns[0]
+        answers.setdefault(re.search(r"left of|right of|above|below", turn.question)[0], []).append(turn.answer)
+    for word, said in answers.items():
+        assert 0.4 < said.count("yes") / len(said) < 0.6, word
 
 
 def test_clip_frames_show_what_the_captions_need():
