@@ -7,6 +7,7 @@ call of a cached stream (a call may hold the last token of a window and then the
 does every turn), several sizes, bases and numbers of layers, and the outputs cached against uncached.
 """
 import functools
+import inspect
 import random
 from contextlib import contextmanager, nullcontext
 
@@ -75,21 +76,53 @@ def check_tensor(out, shape, dtype, what):
 
 
 def on_inputs_device(fn, args, what):
-    """fn called on tensors of the 'meta' device (shapes only, no data) must answer on that device too: a GPU run
-    puts the inputs on cuda, and a tensor built on the CPU inside fn fails there. Code that reads values (.item(),
-    loops) cannot run on 'meta' at all: only a mix of devices counts as a mistake."""
+    """fn must build its tensors on its inputs' device: a GPU run puts the inputs on cuda, and a tensor built there
+    without device= (or with device="cpu") lands on the CPU. Two tries make the same mix of devices here: the inputs
+    on 'meta' (shapes only) while new tensors land on the CPU; then the inputs on the CPU while new tensors land on
+    'meta', which also runs code that reads values (a 'meta' input cannot be read)."""
     meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
-    try:
-        out = fn(*meta)
-    except Exception as e:
-        if "device" in str(e):
-            raise Wrong(f"{what} on inputs of another device (not the CPU) failed: build every tensor on the "
-                        f"inputs' device ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
-        return
-    for t in out if isinstance(out, tuple) else (out,):
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            raise Wrong(f"{what} on inputs of another device returned a tensor on {t.device}: build it on the "
-                        "inputs' device")
+    for inputs, default in ((meta, "cpu"), (args, "meta")):
+        try:
+            with torch.device(default):
+                out = fn(*inputs)
+        except NotImplementedError:  # a value read from 'meta', or a meta tensor moved with .to(): fine on a GPU
+            continue
+        except Exception as e:
+            if "device" in str(e):
+                raise Wrong(f"{what} on inputs of another device (not the CPU) failed: build every tensor on the "
+                            f"inputs' device ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+            continue  # e.g. a value read from a 'meta' input: the other try runs it
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor) and t.device.type == default:
+                raise Wrong(f"{what} on inputs of another device returned a tensor on another device: build it "
+                            "on the inputs' device")
+
+
+def argument_names(fn_name):
+    return list(inspect.signature(REFERENCE[fn_name]).parameters)
+
+
+def called(fn, fn_name, args, where):
+    """fn(*args) in a situation, on copies of args: a function that writes into its inputs (unsqueeze_, +=) spoils
+    its caller's tensors, and is named."""
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    with during(where):
+        out = fn(*copies)
+    for name, a, copy in zip(argument_names(fn_name), args, copies):
+        if isinstance(a, torch.Tensor) and (a.shape != copy.shape or not torch.equal(a, copy)):
+            raise Wrong(f"{where}: {fn_name} changed its argument {name} in place: its caller still needs it, so "
+                        "build new tensors instead")
+    return out
+
+
+def repeatable(fn, fn_name, args, where):
+    """fn called twice on the same arguments must answer the same: no state kept between calls."""
+    first, again = called(fn, fn_name, args, where), called(fn, fn_name, args, where)
+    pairs = zip(first, again) if isinstance(first, tuple) and isinstance(again, tuple) else [(first, again)]
+    if not all(torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) else a == b
+               for a, b in pairs):
+        raise Wrong(f"{where}: {fn_name} answered differently when called again on the same arguments: compute "
+                    "from the arguments alone, keeping nothing between calls")
 
 
 # ------------------------------------------------------------------------------------------------ batches, streams
@@ -197,10 +230,9 @@ def check_model(fn_name, fn, fusions, says, prepare=None):
 
 def situations(fn_name, fusions):
     """Every call the project's own code makes to casa.<fn_name> in check_model's batches and streams, as
-    (where, the call's arguments): where the real code path puts the student's function. The arguments are
-    copies, so that a function that writes into its inputs spoils nothing."""
-    return [(where, tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-            for where, args in recorded(fn_name, tuple(fusions))]
+    (where, the call's arguments): where the real code path puts the student's function. Pass the arguments to
+    the student through called(), which copies them."""
+    return recorded(fn_name, tuple(fusions))
 
 
 @functools.lru_cache(maxsize=None)

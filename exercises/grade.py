@@ -23,8 +23,9 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import casa  # noqa: E402
-from checks import (MARK, MODELS, REFERENCE, STREAMS, Wrong, check_model, check_stream,  # noqa: E402
-                    at, check_tensor, during, on_inputs_device, random_stream, situations, swapped, tiny_model)
+from checks import (MARK, MODELS, REFERENCE, STREAMS, Wrong, at, called, check_model,  # noqa: E402
+                    check_stream, check_tensor, during, on_inputs_device, random_stream, repeatable, situations,
+                    swapped, tiny_model)
 from common import UsageError, build, parse_options, run_script  # noqa: E402
 
 
@@ -68,21 +69,37 @@ def mask_error(kind, got, qp, qw, kp, kw, image):
     return 5, "a casa query missed itself" if kp == qp else "a casa query missed earlier text of its own window"
 
 
+def orders(q_pos, q_win, k_pos, k_win, image):
+    """A call as the code makes it, then with its rows and with its keys in reverse order: a mask follows the
+    positions and windows it is given, never the keys' order nor an earlier call. Yields (words for messages, what a
+    mask that stays the first order's must do instead, the arguments, which keys are images)."""
+    yield "", "", (q_pos, q_win, k_pos, k_win), image
+    yield (", its rows in reverse order", "keeping nothing from earlier calls",
+           (q_pos.flip(0), q_win.flip(0), k_pos.flip(0), k_win.flip(0)), image.flip(0))
+    yield (", its keys in reverse order", "from the keys' positions and windows, not their order",
+           (q_pos, q_win, k_pos.flip(1), k_win.flip(1)), image.flip(1))
+
+
 def check_may_attend(fn):
     errors = []  # (rank, situation, its one line): the most telling mistake of every situation is reported
-    for where, (kind, q_pos, q_win, k_pos, k_win) in situations("may_attend", casa.FUSIONS):
-        with during(at(where)):
-            got = fn(kind, q_pos, q_win, k_pos, k_win)
-        want = REFERENCE["may_attend"](kind, q_pos, q_win, k_pos, k_win)
-        check_tensor(got, want.shape, torch.bool, f"{at(where)}: may_attend({kind!r}, ...)")
-        real = q_pos < casa.FAR_AWAY  # insertion's padding queries are thrown away: their masks do not matter
-        wrong = (got != want) & real[:, None, :, None]
-        if wrong.any():
-            image = image_keys(kind, k_pos, k_win)
-            rank, line, b = min(mask_error(kind, bool(got[b, 0, i, j]), int(q_pos[b, i]), int(q_win[b, i]),
-                                           int(k_pos[b, j]), int(k_win[b, j]), bool(image[b, j])) + (b,)
-                                for b, _, i, j in wrong.nonzero().tolist())
-            errors.append((rank, len(errors), f"{at(where, b)}: {line}"))
+    for where, (kind, *args) in situations("may_attend", casa.FUSIONS):
+        for suffix, how, (q_pos, q_win, k_pos, k_win), image in orders(*args, image_keys(kind, *args[2:])):
+            got = called(fn, "may_attend", (kind, q_pos, q_win, k_pos, k_win), at(where + suffix))
+            want = REFERENCE["may_attend"](kind, q_pos, q_win, k_pos, k_win)
+            check_tensor(got, want.shape, torch.bool, f"{at(where + suffix)}: may_attend({kind!r}, ...)")
+            real = q_pos < casa.FAR_AWAY  # insertion's padding queries are thrown away: their masks do not matter
+            wrong = (got != want) & real[:, None, :, None]
+            if not suffix:
+                first, first_right = got, not wrong.any()
+            elif wrong.any() and first_right and torch.equal(got, first):  # ranked after every broken rule
+                errors.append((6, len(errors), f"{at(where + suffix)}: may_attend({kind!r}, ...) returned the "
+                                               f"mask of the first order: compute it {how}"))
+                continue
+            if wrong.any():
+                rank, line, b = min(mask_error(kind, bool(got[b, 0, i, j]), int(q_pos[b, i]), int(q_win[b, i]),
+                                               int(k_pos[b, j]), int(k_win[b, j]), bool(image[b, j])) + (b,)
+                                    for b, _, i, j in wrong.nonzero().tolist())
+                errors.append((rank, len(errors), f"{at(where + suffix, b)}: {line}"))
     if errors:
         raise Wrong(min(errors)[2])
     q = torch.arange(3).expand(2, 3)
@@ -93,7 +110,7 @@ def check_may_attend(fn):
     else:
         raise Wrong("may_attend('concat', ...) must raise ValueError: a typo must not silently pick some mask")
     for kind in ("self", "cross", "casa"):
-        on_inputs_device(lambda *a: fn(kind, *a), (q, q, q, q), f"may_attend({kind!r}, ...)")
+        on_inputs_device(fn, (kind, q, q, q, q), f"may_attend({kind!r}, ...)")
     check_model("may_attend", fn, casa.FUSIONS, "the masks look right, but the model computes something else")
 
 
@@ -110,7 +127,8 @@ def rope_layout(fn, D, base):
     student's channel for each of the reference's (i and i + D/2 for the pair turning by base ** (-i / (D/2)))."""
     eye = torch.eye(D)[None, None]
     out = fn(eye, torch.ones(1, D, dtype=torch.long), base)
-    check_tensor(out, eye.shape, eye.dtype, "rope(x, pos, base)")
+    check_tensor(out, eye.shape, eye.dtype, f"rope(x, pos, base) for a {tuple(eye.shape)} x (1 row, 1 head, {D} "
+                 "positions)")
     R = out[0, 0].double()  # row c: where channel c goes
     if torch.allclose(R, torch.eye(D, dtype=R.dtype)):
         raise Wrong(f"rope at position 1 returned x unchanged (D={D}): every pair of channels must turn")
@@ -149,14 +167,21 @@ def rope_truth(x, pos, base, order):
 
 
 def check_rope(fn):
+    eye, one = torch.eye(8)[None, None], torch.ones(1, 8, dtype=torch.long)
+    with during("rope on a (1, 1, 8, 8) float32 x, base 100 then 10000"):
+        turned = fn(eye, one, 100.0)
+        if not torch.equal(turned, eye) and torch.allclose(turned, fn(eye, one, 10000.0)):
+            raise Wrong("rope turned the pairs by the same angles with base 100 and base 10000 (D=8): use the base "
+                        "it is given, keeping nothing between calls")
     g = torch.Generator().manual_seed(2)
     for B, H, L, D, base, dtype in ROPE_CASES:
         x = (torch.rand(B, H, L, D, generator=g) * 1.4 - 0.7).to(dtype)  # every pair shorter than 1
         pos = torch.randint(0, 300, (B, L), generator=g)
         pos[-1, -1], pos[0, 0] = 10 ** 6, 0  # a long stream's position, in the last row (not row 0)
-        with during(f"rope on a {tuple(x.shape)} {str(dtype)[6:]} x, base {base:g}"):
+        where = f"rope on a {tuple(x.shape)} {str(dtype)[6:]} x, base {base:g}"
+        with during(where):
             order = rope_layout(fn, D, base)
-            out = fn(x, pos, base)
+        out = called(fn, "rope", (x, pos, base), where)
         check_tensor(out, x.shape, dtype, f"rope(x, pos, base) for a {tuple(x.shape)} {dtype} x")
         # float32 angles of a position p are good to about 1e-7 p radians (the reference's too); bfloat16 rounds
         tol = (3e-2 if dtype == torch.bfloat16 else 1e-4) + 3e-7 * pos[:, None, :, None].double()
@@ -184,14 +209,15 @@ def check_rope(fn):
 
 
 def check_stream_slots(fn):
+    calls = situations("stream_slots", ["insertion"])
+    repeatable(fn, "stream_slots", calls[0][1], at(calls[0][0]))
     plain = torch.zeros(2, 5, dtype=torch.bool)
-    got = fn(plain, 4)
+    got = called(fn, "stream_slots", (plain, 4), "a 2-row batch without images")
     check_tensor(got, plain.shape, torch.long, "stream_slots(is_image, n)")
     if not torch.equal(got, torch.arange(5).expand(2, 5)):
         raise Wrong("without images every token must keep its own slot (0, 1, 2, ...)")
-    for where, (is_image, n) in situations("stream_slots", ["insertion"]):
-        with during(at(where)):
-            got = fn(is_image, n)
+    for where, (is_image, n) in calls:
+        got = called(fn, "stream_slots", (is_image, n), at(where))
         want = REFERENCE["stream_slots"](is_image, n)
         check_tensor(got, want.shape, torch.long, "stream_slots(is_image, n)")
         for b, t in (got != want).nonzero().tolist()[:1]:
@@ -223,12 +249,12 @@ def check_extend_window(fn):
                          after=lambda i, where, cache: kept.append([len(layer.window) for layer in cache.layers]))
 
             def after(i, where, cache):
-                for layer, keep in zip(cache.layers, kept[i]):
+                for j, (layer, keep) in enumerate(zip(cache.layers, kept[i])):
                     if len(layer.window) and bool((layer.window.view().win != cache.window).any()):
-                        raise Wrong(f"{where}: after it the cache still holds keys of an earlier window: a later "
-                                    "query can never see them")
+                        raise Wrong(f"{where}: after it layer {j}'s cache still holds keys of an earlier window: a "
+                                    "later query can never see them")
                     if len(layer.window) != keep:
-                        raise Wrong(f"{where}: after it a layer's cache holds {len(layer.window)} keys; it must keep "
+                        raise Wrong(f"{where}: after it layer {j}'s cache holds {len(layer.window)} keys; it must keep "
                                     f"{keep}: " + ("the latest image's and its window's text so far" if fusion ==
                                                    "casa" else "the latest image's"))
             check_stream(model, calls, frames, lambda: swapped(casa.LayerCache, "extend_window", returns_keys),
@@ -245,8 +271,7 @@ def check_group_by_window(fn):
                           [[1, 1, 1, 1, 1, 1], [0, 1, 1, 2, 3, 3], [0, 0, 0, 0, 1, 1]],
                           [[0, 0, 0, 1, 1, 1], [1, 1, 2, 2, 3, 3]])]
     for where, (win,) in examples + situations("group_by_window", ("cross", "casa")):
-        with during(at(where)):
-            out = fn(win)
+        out = called(fn, "group_by_window", (win,), at(where))
         if not isinstance(out, tuple) or len(out) != 3:
             raise Wrong("group_by_window must return a tuple (group, slot, W)")
         (group, slot, W), (want_group, want_slot, want_W) = out, REFERENCE["group_by_window"](win)
@@ -264,6 +289,7 @@ def check_group_by_window(fn):
         for b, t in (slot != want_slot).nonzero().tolist()[:1]:
             raise Wrong(f"{at(where, b)}: its token {t} must sit at slot {int(want_slot[b, t])} of its window "
                         f"(slots count from 0 at each window's first token), got {int(slot[b, t])}")
+    on_inputs_device(fn, examples[0][1], "group_by_window(win)")
 
     def dense(model):  # the reference: the same weights through one dense mask
         reference = copy.deepcopy(model)
@@ -300,7 +326,7 @@ def check_predicted_cache(fn):
                 for turns, real in enumerate(measured_caches(fusion, config, tokens, max_text), 1):
                     got = fn(fusion, turns, tokens, cfg.n_image_tokens, cfg.n_layer, cfg.n_embd, max_text)
                     if not isinstance(got, dict) or not all(type(got.get(key)) is int for key in ("tokens", "bytes")):
-                        raise Wrong('predicted_cache must return {"tokens": int, "bytes": int}')
+                        raise Wrong(f'predicted_cache must return {{"tokens": int, "bytes": int}}, got {got!r:.60}')
                     case = (f"{fusion} after {turns} turn{'s' * (turns > 1)} of {tokens} tokens (N="
                             f"{cfg.n_image_tokens}, {cfg.n_layer} layer(s), n_embd {cfg.n_embd}, max_text={max_text})")
                     for key in ("tokens", "bytes"):
@@ -311,8 +337,11 @@ def check_predicted_cache(fn):
 # ------------------------------------------------------------------------------------------------ 7: experiment
 
 # What lets a blind model score on a task: words of a reason about the task's answers (checked as word stems)
-REASONS = ("prior", "common", "frequen", "few", "guess", "chance", "skew", "majority", "always", "yes", "bias",
-           "likel", "distribution", "possib", "small set", "limited", "option", "choice", "uniform", "balanced")
+REASONS = ("prior", "common", "frequen", "few", "guess", "chance", "skew", "majority", "yes", "bias", "likel",
+           "distribution", "possib", "small set", "limited", "option", "choice", "uniform", "balanced")
+# The little words of any English sentence: an explanation with fewer than two of them is a list of words
+SENTENCE = {"a", "an", "the", "is", "are", "so", "it", "its", "of", "to", "and", "or", "only", "than", "by", "can",
+            "has", "have", "because", "which", "one", "most", "from", "without", "at", "on", "in", "be", "there"}
 
 
 def check_answers(fn):
@@ -339,8 +368,12 @@ def check_answers(fn):
         raise Wrong(f"best_blind_task is {a['best_blind_task']!r}; the highest blind accuracy in {a['eval_json']} "
                     f"is {' and '.join(best)}'s ({blind[best[0]]:.1%})")
     why = str(a["why"]).lower()
-    if len(set(re.findall(r"[a-z]+", why))) < 6:
+    words = set(re.findall(r"[a-z]+", why))
+    if len(words) < 6:
         raise Wrong("write your explanation in 'why': a sentence or two")
+    if len(words & SENTENCE) < 2:
+        raise ForTheTeacher("'why' does not read as a sentence (no 'the', 'is', 'so', 'because'...); a person must "
+                            "read it")
     task = a["best_blind_task"]
     if not re.search(r"\b" + task[:4], why) or not any(reason in why for reason in REASONS):
         raise ForTheTeacher(f"'why' does not name {task} and what about its answers lets a blind model score "

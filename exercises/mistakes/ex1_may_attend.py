@@ -28,7 +28,7 @@ def by_index(qp, qw, kp, kw):  # causal by index, as in a GPT without a cache: q
     return torch.ones(qp.size(1), kp.size(1), dtype=torch.bool).tril().expand(qp.size(0), -1, -1)
 
 
-def by_index_on_cpu(qp, qw, kp, kw):  # right in every call (the latest Tq of Tk keys), but built on the CPU
+def by_index_on_cpu(qp, qw, kp, kw):  # the latest Tq of Tk keys: right in the code's order of keys, on the CPU
     return torch.ones(qp.size(1), kp.size(1), dtype=torch.bool).tril(kp.size(1) - qp.size(1)).expand(qp.size(0),
                                                                                                        -1, -1)
 
@@ -69,7 +69,7 @@ def with_where(kind, q_pos, q_win, k_pos, k_win):  # unsqueeze and torch.where i
 
 WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
     "self_by_index": (masks(by_index, RIGHT_CROSS, RIGHT_CASA), "cached call 2"),
-    "self_on_cpu": (masks(by_index_on_cpu, RIGHT_CROSS, RIGHT_CASA), "inputs of another device"),
+    "self_on_cpu": (masks(by_index_on_cpu, RIGHT_CROSS, RIGHT_CASA), "its keys in reverse order"),
     "self_strict": (masks(lambda qp, qw, kp, kw: kp[:, None] < qp[:, :, None], RIGHT_CROSS, RIGHT_CASA),
                     "missed itself"),
     "casa_without_causal": (masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CROSS), "saw a later key"),

@@ -54,7 +54,7 @@ def pos_per_head(x, pos, base):  # positions broadcast against heads instead of 
 
 WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
     "angles_in_input_dtype": (lambda x, pos, base: half_split(x, pos, base, dtype=x.dtype), "in float32"),
-    "hard_coded_base": (lambda x, pos, base: half_split(x, pos, 10000.0), "not RoPE's (D=16, base 100)"),
+    "hard_coded_base": (lambda x, pos, base: half_split(x, pos, 10000.0), "base 100 and base 10000"),
     "row_zero_positions": (lambda x, pos, base: half_split(x, pos, base, rows=slice(0, 1)), "(row 1, head 0"),
     "exponent_over_d": (lambda x, pos, base: half_split(x, pos, base, exponent=lambda i, half: -i / (2 * half)),
                         "not RoPE's (D=8"),
