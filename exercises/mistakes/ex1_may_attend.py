@@ -37,6 +37,34 @@ def row_zero(qp, qw, kp, kw):  # batch-of-one code: row 0's windows for every ro
     return (causal(qp, kp) & same_window(qw[:1], kw[:1])).expand(qp.size(0), -1, -1)
 
 
+def cross_latest_of_call(qp, qw, kp, kw):  # "only the latest image": the call's latest, not the query's own window
+    return (kw[:, None, :] == qw[:, -1:, None]).expand(-1, qp.size(1), -1)
+
+
+def by_index_on_device(qp, qw, kp, kw):  # the latest Tq of Tk keys, on the inputs' device: ignores the positions
+    return torch.ones(qp.size(1), kp.size(1), dtype=torch.bool, device=qp.device).tril(kp.size(1) - qp.size(1)
+                                                                                      ).expand(qp.size(0), -1, -1)
+
+
+def ones_on_cpu(qp, qw, kp, kw):  # causal, and-ed with a grid of ones built on the CPU
+    return causal(qp, kp) & torch.ones(qp.size(0), qp.size(1), kp.size(1), dtype=torch.bool)
+
+
+def in_place(kind, q_pos, q_win, k_pos, k_win):  # unsqueeze_ writes into the caller's tensors
+    q_pos, q_win = q_pos.unsqueeze_(-1), q_win.unsqueeze_(-1)
+    return masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, q_pos[..., 0], q_win[..., 0], k_pos, k_win)
+
+
+by_shape = {}
+
+
+def remembered_by_shape(kind, q_pos, q_win, k_pos, k_win):  # stale state: one mask per kind and shapes
+    key = (kind, q_pos.shape, k_pos.shape)
+    if key not in by_shape:
+        by_shape[key] = masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, q_pos, q_win, k_pos, k_win)
+    return by_shape[key]
+
+
 seen = {}
 
 
@@ -84,5 +112,17 @@ WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must s
     "no_head_axis": (lambda kind, *a: masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, *a)[:, 0], "must be a"),
     "float_mask": (lambda kind, *a: masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, *a).float(), "torch.bool"),
     "remembered": (remembered, "must be a"),
+    "self_by_index_on_device": (masks(by_index_on_device, RIGHT_CROSS, RIGHT_CASA),
+                                "its keys in reverse order: may_attend('self', ...) returned the mask of the first"),
+    "cross_latest_of_call": (masks(RIGHT_SELF, cross_latest_of_call, RIGHT_CASA),
+                             "cached call 5 [5, 3, 8, <image>] (N=4, 2 layer(s), 2 head(s), base 10000): a cross "
+                             "query at position 10 saw a later key"),
+    "cross_not_earlier": (masks(RIGHT_SELF, lambda qp, qw, kp, kw: kw[:, None] >= qw[:, :, None], RIGHT_CASA),
+                          "a cross query at position 0 saw a later key"),
+    "self_ones_on_cpu": (masks(ones_on_cpu, RIGHT_CROSS, RIGHT_CASA), "may_attend('self', ...) on inputs of another"),
+    "in_place": (in_place, "may_attend changed its argument q_pos in place"),
+    "remembered_by_shape": (remembered_by_shape, "its rows in reverse order: may_attend('self', ...) returned the "
+                                                 "mask of the first order: compute it keeping nothing"),
 }
-RIGHT = {"loops": loops, "with_where": with_where}
+RIGHT = {"loops": loops, "with_where": with_where,
+         "cross_causal_too": masks(RIGHT_SELF, RIGHT_CASA, RIGHT_CASA)}  # an image sits at its marker: never later

@@ -25,6 +25,15 @@ def triangle(is_image, n):  # markers so far as a product with a triangle of one
     return torch.arange(T, device=is_image.device) + n * (is_image.long() @ upto)
 
 
+done = [0]
+
+
+def continued(is_image, n):  # stale state: slots go on from the last call's (the caller adds the stream's start)
+    slots = done[0] + shifted(is_image, n)
+    done[0] = int(slots.max()) + 1
+    return slots
+
+
 WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
     "hard_coded_n": (lambda is_image, n: shifted(is_image, 4), "(N=1, 1 layer(s), 1 head(s), base 500): the marker"),
     "marker_before_image": (lambda is_image, n: shifted(is_image, n, inclusive=False),
@@ -38,5 +47,9 @@ WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must s
     "arange_on_cpu": (lambda is_image, n: torch.arange(is_image.size(1)) + n * is_image.long().cumsum(1),
                       "inputs of another device"),
     "ignores_markers": (lambda is_image, n: shifted(is_image, 0), "4 tokens: slot 4, got 0"),
+    "continued": (continued, "stream_slots answered differently when called again on the same arguments"),
+    "counted_down_the_batch": (lambda is_image, n: torch.arange(is_image.size(1), device=is_image.device)
+                               + n * is_image.long().cumsum(0), "row 0 of a 3-row batch of the insertion model"),
+    "slots_from_one": (lambda is_image, n: shifted(is_image, n) + 1, "keep its own slot (0, 1, 2, ...)"),
 }
 RIGHT = {"loops": loops, "triangle": triangle}

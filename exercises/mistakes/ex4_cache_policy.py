@@ -65,6 +65,45 @@ def rebuilt(self, kv, latest_window):  # no append: builds the list of keys with
     return seen
 
 
+def trimmed_first(self, kv, latest_window):  # drops the earlier windows before this call's first queries see them
+    if len(self.window):
+        held = self.window.view()
+        self.window.replace(held.keep(held.win[0] == latest_window))
+    return self.window.append(kv)
+
+
+def trimmed_late(self, kv, latest_window):  # trims the last call's earlier windows only when the next call comes
+    if len(self.window):
+        held = self.window.view()
+        self.window.replace(held.keep(held.win[0] == self.window_number))
+    self.window_number = latest_window
+    return self.window.append(kv)
+
+
+def from_first_window_of_call(self, kv, latest_window):  # keeps from the window the call starts in
+    seen = self.window.append(kv)
+    if latest_window != self.window_number and len(kv):
+        self.window.replace(seen.keep(seen.win[0] >= int(kv.win[0, 0])))
+        self.window_number = latest_window
+    return seen
+
+
+def on_the_class(self, kv, latest_window):  # stale state: the window number a class attribute, shared by all
+    seen = self.window.append(kv)
+    if latest_window != type(self).__dict__.get("number"):
+        self.window.replace(seen.keep(seen.win[0] == latest_window))
+        type(self).number = latest_window
+    return seen
+
+
+def filtered_every_call(self, kv, latest_window):  # no window number: drops whatever is not the latest window
+    seen = self.window.append(kv)
+    stale = seen.win[0] != latest_window
+    if bool(stale.any()):
+        self.window.replace(seen.keep(~stale))
+    return seen
+
+
 WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
     "keep_everything": (keep_everything, "still holds keys of an earlier window"),
     "returns_nothing": (lambda self, kv, latest_window: None, "must return a casa.KV"),
@@ -74,5 +113,10 @@ WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must s
     "shared_window_number": (shared_window_number, "still holds keys of an earlier window"),
     "two_windows": (two_windows, "still holds keys of an earlier window"),
     "this_call_only": (this_call_only, "it must keep 4: the latest image"),
+    "trimmed_first": (trimmed_first, "cached call 5 [5, 4, <image>] (N=4, 2 layer(s), 2 head(s), base 10000): the "
+                                     "logits differ"),
+    "trimmed_late": (trimmed_late, "after it layer 0's cache still holds keys of an earlier window"),
+    "from_first_window_of_call": (from_first_window_of_call, "cached call 7 [<image>, <image>, 7, 6, 5]"),
+    "on_the_class": (on_the_class, "after it layer 1's cache still holds keys of an earlier window"),
 }
-RIGHT = {"new_keys_only": new_keys_only, "rebuilt": rebuilt}
+RIGHT = {"new_keys_only": new_keys_only, "rebuilt": rebuilt, "filtered_every_call": filtered_every_call}

@@ -25,6 +25,17 @@ WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must s
     "still_none": (answers(why=None), "answers()['why'] is still None"),
     "no_file": (answers(eval_json="out-nowhere/eval.json"), "no file out-nowhere/eval.json"),
     "missing_key": (lambda: {"count_accuracy": 0.8125}, "must return a dict with the keys"),
+    "highest_accuracy_not_blind": (answers(best_blind_task="position", why="position has a few possible answers, so "
+                                           "a guess is often right"), "best_blind_task is 'position'"),
+    "blind_is_the_accuracy": (answers(count_blind=0.8125), "blind_accuracy['count']"),
+    "why_of_another_task": (answers(why="color has only six possible answers, so chance alone gives one in six"),
+                            "does not name count"),
+    "why_says_it_sees": (answers(why="count is easy because the model can always still see the shapes in the gray "
+                                     "images"), "does not name count and what about its answers"),
+    "why_restates_the_number": (answers(why="count has the highest blind accuracy of all the tasks in my run, 0.31"),
+                                "does not name count"),
+    "why_keywords_only": (answers(why="count: prior prior prior, blah blah foo bar baz"),
+                          "'why' does not read as a sentence"),
 }
 RIGHT = {"count": answers(),
          "shape_ties": answers(best_blind_task="shape", why="Shape questions have only a few possible answers, "
