@@ -270,6 +270,7 @@ def check_group_by_window(fn):
                 for w in ([[0, 0, 1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2, 2, 2]],
                           [[1, 1, 1, 1, 1, 1], [0, 1, 1, 2, 3, 3], [0, 0, 0, 0, 1, 1]],
                           [[0, 0, 0, 1, 1, 1], [1, 1, 2, 2, 3, 3]])]
+    repeatable(fn, "group_by_window", examples[0][1], at(examples[0][0]))
     for where, (win,) in examples + situations("group_by_window", ("cross", "casa")):
         out = called(fn, "group_by_window", (win,), at(where))
         if not isinstance(out, tuple) or len(out) != 3:
