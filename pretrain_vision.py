@@ -53,13 +53,16 @@ class PretrainConfig:
     optimizer: str = "muon"     # muon (the ViT blocks' and projector's matrices; AdamW for the rest) | adamw
     eval_interval: int = 250
     eval_scenes: int = 256      # held-out scenes
+    text_share: float = 1 / 3   # of the scenes have text (and 0-2 objects), as the reading task's do; 0: shapes only
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     workers: int | None = None  # processes drawing batches ahead (default: cores - 1, at most 8; 0: here)
 
     def __post_init__(self):
         check_fields(self, at_least=dict(batch_size=1, max_iters=1, eval_interval=1, eval_scenes=1, lr=0.0, workers=0,
-                                         min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0))
+                                         min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0, text_share=0.0))
+        if self.text_share > 1:
+            raise ValueError(f"text_share is a share of the scenes, at most 1, got {self.text_share}")
         if self.init_from not in ("scratch", "resume"):
             raise ValueError(f"--init_from expects scratch or resume, got {self.init_from!r}")
         if self.optimizer not in ("muon", "adamw"):
@@ -71,14 +74,11 @@ LABELS = ("shape", "color", "cell", "subcell", "char", "place")  # what each pat
 # four for a patch on an object, the character and its place in the text (0-3) for a patch on a glyph
 NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS), 9, len(scenes.CHARS), 4)  # "nothing of this kind"
 OBJECT_LABELS = 4  # LABELS[:4] name the object under a patch, the rest the glyph
-TEXT_SHARE = 1 / 3  # of the scenes have text (and 0-2 objects), as the reading task's do
-
-
-def labelled_scenes(seed, n, size, grid):
+def labelled_scenes(seed, n, size, grid, text_share):
     """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, its labels
     (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, 6)."""
     rng = random.Random(seed)
-    drawn = [scenes.sample_scene(rng, size, text=rng.random() < TEXT_SHARE) for _ in range(n)]
+    drawn = [scenes.sample_scene(rng, size, text=rng.random() < text_share) for _ in range(n)]
     images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])
     labels = []
     for scene in drawn:
@@ -91,10 +91,10 @@ def labelled_scenes(seed, n, size, grid):
     return images, torch.stack(labels)
 
 
-def training_batch(seed, start_iter, n, size, grid, i):
+def training_batch(seed, start_iter, n, size, grid, text_share, i):
     """The i-th batch from start_iter on: a pure function of (seed, iteration), so a resumed run sees exactly the
     batches it would have seen, and worker processes can draw them ahead of the step."""
-    return labelled_scenes(f"{seed}/{start_iter + i}", n, size, grid)
+    return labelled_scenes(f"{seed}/{start_iter + i}", n, size, grid, text_share)
 
 
 class Heads(nn.Module):
@@ -115,9 +115,10 @@ def loss_of(logits, labels):
 
 def hits_of(logits, labels):
     """Per label kind, the fraction right on the patches that show something of that kind (an object, a glyph: the
-    many "none" patches are easy and would flatter the number)."""
-    return {name: (lg.argmax(-1) == labels[..., k])[labels[..., k] < NONE[k]].float().mean().item()
-            for k, (name, lg) in enumerate(zip(LABELS, logits))}
+    many "none" patches are easy and would flatter the number); kinds no patch shows (no text) are left out."""
+    shown = [(name, lg.argmax(-1)[labels[..., k] < NONE[k]], labels[..., k][labels[..., k] < NONE[k]])
+             for k, (name, lg) in enumerate(zip(LABELS, logits))]
+    return {name: (guess == truth).float().mean().item() for name, guess, truth in shown if truth.numel()}
 
 
 def main(argv):
@@ -150,13 +151,15 @@ def main(argv):
         load_optimizer_state(optimizer, ckpt, ckpt_path)
     grid = model_cfg.image_size // model_cfg.patch_size
     # seed -1: never trained on
-    held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid)]
+    held_out = [t.to(device) for t in labelled_scenes(-1, cfg.eval_scenes, model_cfg.image_size, grid,
+                                                      cfg.text_share)]
     print(f"vision encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; device {device}")
     # training time (evaluation excluded; data_s: the part the loop waited for batches, or drew them with workers=0)
     spent = {"train_s": 0.0, "data_s": 0.0, **(ckpt.get("spent", {}) if ckpt else {})}
     log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter)
     workers = data.default_workers() if cfg.workers is None else cfg.workers
-    draw = functools.partial(training_batch, cfg.seed, start_iter, cfg.batch_size, model_cfg.image_size, grid)
+    draw = functools.partial(training_batch, cfg.seed, start_iter, cfg.batch_size, model_cfg.image_size, grid,
+                             cfg.text_share)
     batches = iter(data.drawn_ahead(draw, cfg.max_iters - start_iter, workers, pin_memory=device.startswith("cuda")))
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):
@@ -177,7 +180,7 @@ def main(argv):
                 hits = hits_of(heads(encoder(held_out[0])), held_out[1])
                 encoder.train()
             print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
-                  + ", ".join(f"{name} {hits[name]:.0%}" for name in LABELS)
+                  + ", ".join(f"{name} {share:.0%}" for name, share in hits.items())
                   + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it waiting for data)")
             log.write(json.dumps({"kind": "eval", "iter": it + 1, **spent, "loss": loss.item(),
                                   "patches_right": hits}) + "\n")
