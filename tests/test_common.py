@@ -228,10 +228,15 @@ def test_an_interrupt_waits_for_the_checkpoint_write(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGINT)  # delivered now, in the middle of the write
         real_save(state, f)
     monkeypatch.setattr(torch, "save", interrupted_save)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"iter": 7, "w": torch.arange(1000)})
+    # Ctrl-C's usual handler, even where this process was started ignoring SIGINT (a background job of a script)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, {"iter": 7, "w": torch.arange(1000)})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert load(path)["iter"] == 7 and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
 
 
 def test_an_interrupted_script_is_one_line_even_inside_a_write(tmp_path):
