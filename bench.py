@@ -267,7 +267,7 @@ def training_loop(source, tok, model, optimizer, workers, steps, device):
         start = time.perf_counter()
         batch = next(batches)
         waited += time.perf_counter() - start
-        idx, targets, images = (t.to(device, non_blocking=True) for t in (batch.idx, batch.targets, batch.images))
+        idx, targets, images = batch.inputs(device)
         _, loss = model(idx, images, targets)
         loss.backward()
         optimizer.step()

@@ -129,6 +129,11 @@ class Batch:
         return Batch(self.idx.pin_memory(), self.targets.pin_memory(), self.images.pin_memory(),
                      self.last_answer.pin_memory(), self.tasks)
 
+    def inputs(self, device):
+        """(idx, targets, images) on device, copied without blocking: from pinned memory (CUDA) the copy overlaps
+        whatever the device is still computing."""
+        return tuple(t.to(device, non_blocking=True) for t in (self.idx, self.targets, self.images))
+
 
 def collate(convs, tok, size, blank_images=False):
     """Pad conversations into a Batch. blank_images=True replaces every image by the same uniform

@@ -179,10 +179,11 @@ def main(argv):
                 encoder.eval()
                 hits = hits_of(heads(encoder(held_out[0])), held_out[1])
                 encoder.train()
-            print(f"iter {it + 1}: loss {loss.item():.3f}, held-out patches right: "
+            loss_now = loss.item()  # the one wait for the device
+            print(f"iter {it + 1}: loss {loss_now:.3f}, held-out patches right: "
                   + ", ".join(f"{name} {share:.0%}" for name, share in hits.items())
                   + f" ({spent['train_s']:.0f} s, {spent['data_s']:.0f} s of it waiting for data)")
-            log.write(json.dumps({"kind": "eval", "iter": it + 1, **spent, "loss": loss.item(),
+            log.write(json.dumps({"kind": "eval", "iter": it + 1, **spent, "loss": loss_now,
                                   "patches_right": hits}) + "\n")
             save_checkpoint(ckpt_path, {
                 "model": {f"vision.{k}": v for k, v in encoder.state_dict().items()}, "heads": heads.state_dict(),

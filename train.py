@@ -100,11 +100,6 @@ def make_optimizer(model, new_names, cfg, fused):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def to_device(batch, device):
-    """Non-blocking: from pinned memory (CUDA), the copy overlaps whatever the device is still computing."""
-    return tuple(t.to(device, non_blocking=True) for t in (batch.idx, batch.targets, batch.images))
-
-
 @torch.no_grad()
 def evaluate(model, batches, device, autocast):
     """Validation loss and exact-match accuracy per task. Exact match under teacher forcing (every token of the
@@ -112,7 +107,7 @@ def evaluate(model, batches, device, autocast):
     model.eval()
     losses, hits, totals = [], {}, {}
     for batch in batches:
-        idx, targets, images = to_device(batch, device)
+        idx, targets, images = batch.inputs(device)
         with autocast:
             logits, loss = model(idx, images, targets)
         losses.append(loss.item())
@@ -265,7 +260,7 @@ def main(argv):
             waited = time.time()
             batch = next(batches)
             spent["data_s"] += time.time() - waited
-            idx, targets, images = to_device(batch, device)
+            idx, targets, images = batch.inputs(device)
             if ddp:  # only the last micro-batch all-reduces the gradients
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1
             with autocast:
@@ -285,8 +280,9 @@ def main(argv):
         evaluating = (it + 1) % cfg.eval_interval == 0 or it + 1 == cfg.max_iters
         if (it + 1) % cfg.log_interval == 0 or evaluating:  # .item() waits for the device: only this often
             tok_s = tokens / (time.time() - t0)
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:.0f}")
-            log.write(json.dumps({"kind": "train", "iter": it + 1, "loss": loss.item(),
+            last_loss = loss.item()  # the one wait for the device
+            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:.0f}")
+            log.write(json.dumps({"kind": "train", "iter": it + 1, "loss": last_loss,
                                   "lr": cfg.lr * factor, "tok_s": tok_s}) + "\n")
         if evaluating:
             spent["train_s"] += time.time() - t0
