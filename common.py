@@ -513,8 +513,8 @@ def load_optimizer_state(optimizer, ckpt, path, hint=""):
 def caption_stream(model, tok, frames, device, max_new_tokens=60, max_text=None, **sampling):
     """Live captioning (sample.py --video, experiments.py paper and captions): the frames go through one persistent
     cache, each one encoded and appended after its marker; the model writes a caption until its stop token, and
-    that stop token stays in the cache as the frame's boundary. Yields (caption, seconds for the frame, the cache) per frame.
-    sampling: temperature, top_k, generator (as for VLM.generate)."""
+    that stop token stays in the cache as the frame's boundary. Yields (caption, seconds for the frame, the cache)
+    per frame. sampling: temperature, top_k, generator (as for VLM.generate)."""
     cache = model.new_cache(max_text=max_text)
     marker, stop = torch.tensor([[tok.image_id]], device=device), torch.tensor([[tok.eos_id]], device=device)
     for frame in frames:
