@@ -317,9 +317,10 @@ def load_folder(folder, size=64):
 # training and held-out batches, drawn ahead of the step by worker processes
 
 def default_workers():
-    """Processes that draw batches ahead of the training step: one core short of all of them (the step needs one),
-    at most 8, so that a GPU machine's cores keep the GPU fed and a 2-core laptop keeps one for the step."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Processes that draw batches ahead of the training step: all cores but two, at most 8. The step keeps two
+    cores for its threads (on a 2-core laptop a worker slowed the step as much as it shortened the wait: README,
+    "Feeding the step"), and a GPU machine's other cores keep the GPU fed."""
+    return max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
 class Drawn(torch.utils.data.Dataset):

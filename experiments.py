@@ -3,9 +3,9 @@ Train models and score them: the experiments behind the README's accuracy claims
 untrained models; these train).
 
     python experiments.py learn --json results/learn.json --png results/learn.png
-        time to accuracy: trains each fusion with train.py (same data, same budget, one at a time) and reports the
-        iterations, training seconds and text tokens until colour, shape, count and position first reach 50, 80
-        and 90%; --vision_iters first pretrains one vision encoder that every fusion starts from
+        time to accuracy: trains each fusion with train.py (same data, same budget) and reports the iterations,
+        training seconds and text tokens until each task first reaches 50, 80 and 90%; --vision_iters first
+        pretrains one vision encoder that every fusion starts from
     python experiments.py paper              (make paper; --quick: tiny budgets, a minute or two)
         the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one text-only
         LM (setting (i)), cross and CASA adapting the frozen insertion VLM (setting (ii)), live captioning; writes
@@ -47,18 +47,21 @@ class LearnOptions:
     out_dir: str = "out-learn"    # one train.py run per fusion in OUT_DIR/FUSION (and the encoder in OUT_DIR/vision)
     vision_iters: int = 0         # first pretrain the vision encoder this many iterations (pretrain_vision.py),
                                   # once, and start every fusion from it; its time counts in every fusion's total
+    vision_args: str = ""         # more pretrain_vision.py options, as on its command line (e.g. "--text_share=0")
     train_args: str = ""          # more train.py options, as on its command line (e.g. "--max_iters=600 --lr=3e-3")
+    jobs: int = 1                 # fusions trained at once (each on cpu_count / jobs threads; 1: the whole machine)
     json: str = ""                # write the results here
     png: str = ""                 # accuracy against training seconds, a panel per task, a line per fusion
     redraw: bool = False          # train nothing: draw --png again from the results in --json
 
     def __post_init__(self):
-        check_fields(self, at_least=dict(vision_iters=0))
+        check_fields(self, at_least=dict(vision_iters=0, jobs=1))
         self.fusion_list = parse_fusions(self.fusions)
-        try:
-            shlex.split(self.train_args)
-        except ValueError as e:
-            raise ValueError(f"--train_args: {e}") from None
+        for name in ("vision_args", "train_args"):
+            try:
+                shlex.split(getattr(self, name))
+            except ValueError as e:
+                raise ValueError(f"--{name}: {e}") from None
 
 
 @dataclass
@@ -163,15 +166,14 @@ def eval_log(out_dir):
 
 # ------------------------------------------------------------------------------------------------ learn
 
-LEARN_TASKS = ("color", "shape", "count", "position")
 THRESHOLDS = (0.5, 0.8, 0.9)
 
 
 def first_reached(curve, offset_s):
-    """Per task and threshold, the first eval at or above it: its iteration, training seconds (with the encoder's
-    pretraining seconds, offset_s) and text tokens; None if never reached."""
+    """Per task the run evaluates and per threshold, the first eval at or above it: its iteration, training seconds
+    (with the encoder's pretraining seconds, offset_s) and text tokens; None if never reached."""
     table = {}
-    for task in LEARN_TASKS:
+    for task in curve[0]["accuracy"]:
         table[task] = {}
         for level in THRESHOLDS:
             hit = next((e for e in curve if e["accuracy"].get(task, 0) >= level), None)
@@ -181,17 +183,19 @@ def first_reached(curve, offset_s):
 
 
 def learn(args, overrides):
-    """The encoder (with --vision_iters), then each fusion from it, one run at a time: every run's seconds are
-    measured on the whole machine."""
+    """The encoder (with --vision_iters), then each fusion from it, --jobs runs at a time (1: every run's seconds
+    are measured on the whole machine)."""
     model_argv = [f"--{k}={v}" for k, v in overrides.items()]
     where = lambda *parts: os.path.join(args.out_dir, *parts)
     vision = [Job("pretrain_vision.py", where("vision"), [f"--max_iters={args.vision_iters}",
-                                                          f"--eval_interval={args.vision_iters}", *model_argv],
+                                                          f"--eval_interval={args.vision_iters}", *model_argv,
+                                                          *shlex.split(args.vision_args)],
                   args.vision_iters)] if args.vision_iters else []
     init = [f"--init_from={where('vision', 'ckpt.pt')}"] if vision else []
     runs = {f: Job("train.py", where(f), [f"--fusion={f}", *init, *model_argv, *shlex.split(args.train_args)])
             for f in args.fusion_list}
-    run_jobs([*vision, *runs.values()])
+    run_jobs(vision)
+    run_jobs(list(runs.values()), args.jobs)
     vision_s = eval_log(where("vision"))[-1]["train_s"] if vision else 0.0  # drawing its scenes included, as train_s
     results = {}
     for fusion, job in runs.items():
@@ -219,9 +223,10 @@ def draw_learning_curves(results, path):
     fusion; the pretraining (shared by every fusion, before their first eval) shaded."""
     vision_s = max(r["vision_pretrain_s"] for r in results.values())
     stage = (0, vision_s, f"encoder\npretraining\n({vision_s:.0f} s)") if vision_s else None
+    tasks = next(iter(results.values()))["curve"][0]["accuracy"]
     panels = [(f"{task}: held-out accuracy", "seconds of training (encoder included)", "accuracy",
                {fusion: [(r["vision_pretrain_s"] + e["train_s"], e["accuracy"].get(task, 0)) for e in r["curve"]]
-                for fusion, r in results.items()}) for task in LEARN_TASKS]
+                for fusion, r in results.items()}) for task in tasks]
     figures.line_panels(panels, cols=2, panel=(640, 400), y=(0, 1), yfmt=figures.percent, stage=stage).save(path)
 
 
@@ -230,7 +235,7 @@ def draw_learning_curves(results, path):
 # VLM starts from one text-only LM, which starts from one pretrained vision encoder; variants differ in the fusion
 # only: same data, same budget, same learning rates, same seeds.
 
-COARSE_TASKS, FINE_TASKS = LEARN_TASKS, ("reading", "multi_image")
+COARSE_TASKS, FINE_TASKS = ("color", "shape", "count", "position"), ("reading", "multi_image")
 VARIANTS = {"insertion": ["--fusion=insertion"], "cross": ["--fusion=cross"],
             "cross_every2": ["--fusion=cross", "--cross_every=2"], "cross_gate": ["--fusion=cross", "--gate=true"],
             "cross_shared": ["--fusion=cross", "--share_weights=true"], "casa": ["--fusion=casa"]}

@@ -4,8 +4,7 @@ Pretrain casa's vision encoder on its own, before it meets a language model.
 Real VLMs start from a vision encoder someone else trained (CLIP, SigLIP); casa downloads nothing, so this script
 trains one on the procedural scenes, in a few minutes on a CPU. Every patch token learns to name what lies under its
 centre: the shape, the colour and the cell (which ninth of the image, as the position questions say it) of the
-object there, and the ninth of that cell (finer position, for the relation questions); on text, the character and
-its place in the word (for reading glyphs, not one font's pixels); or "none" (dense labels, like a segmentation
+object there; on text, the character and its place in the word (for reading glyphs, not one font's pixels); or "none" (dense labels, like a segmentation
 backbone's), so each token carries what the questions will ask about it. Linear heads, one per kind of label, read
 the tokens and are thrown away afterwards; the checkpoint holds the encoder only, and train.py builds a VLM on top
 of it:
@@ -56,7 +55,7 @@ class PretrainConfig:
     text_share: float = 1 / 3   # of the scenes have text (and 0-2 objects), as the reading task's do; 0: shapes only
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
-    workers: int | None = None  # processes drawing batches ahead (default: cores - 1, at most 8; 0: here)
+    workers: int | None = None  # processes drawing batches ahead (default: cores - 2, at most 8; 0: here)
 
     def __post_init__(self):
         check_fields(self, at_least=dict(batch_size=1, max_iters=1, eval_interval=1, eval_scenes=1, lr=0.0, workers=0,
@@ -70,13 +69,13 @@ class PretrainConfig:
 
 
 
-LABELS = ("shape", "color", "cell", "subcell", "char", "place")  # what each patch names: scenes.object_labels's
-# four for a patch on an object, the character and its place in the text (0-3) for a patch on a glyph
-NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS), 9, len(scenes.CHARS), 4)  # "nothing of this kind"
-OBJECT_LABELS = 4  # LABELS[:4] name the object under a patch, the rest the glyph
+LABELS = ("shape", "color", "cell", "char", "place")  # what each patch names: scenes.object_labels's three for a
+# patch on an object, the character and its place in the text (0-3) for a patch on a glyph
+NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS), len(scenes.CHARS), 4)  # "nothing of this kind"
+OBJECT_LABELS = 3  # LABELS[:3] name the object under a patch, the rest the glyph
 def labelled_scenes(seed, n, size, grid, text_share):
     """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, its labels
-    (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, 6)."""
+    (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, 5)."""
     rng = random.Random(seed)
     drawn = [scenes.sample_scene(rng, size, text=rng.random() < text_share) for _ in range(n)]
     images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])
@@ -98,7 +97,7 @@ def training_batch(seed, start_iter, n, size, grid, text_share, i):
 
 
 class Heads(nn.Module):
-    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)] * 6."""
+    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)] * 5."""
 
     def __init__(self, dim):
         super().__init__()
@@ -109,7 +108,7 @@ class Heads(nn.Module):
 
 
 def loss_of(logits, labels):
-    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)] * 6; labels (n, N, 6)."""
+    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)] * 5; labels (n, N, 5)."""
     return sum(F.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten()) for k, lg in enumerate(logits))
 
 

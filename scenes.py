@@ -352,12 +352,8 @@ def patch_objects(scene, grid):
 
 
 def object_labels(o, size):
-    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS, and the ninth of that cell that
-    holds its centre (0-8, row by row like CELLS): what pretraining predicts. The ninths are size/9 wide, finer than
-    the size/8 that the two objects of a relation question are apart, so they order any such pair."""
-    fine = [9 * v // size % 3 for v in (o["y"], o["x"])]
-    return (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size)),
-            3 * fine[0] + fine[1])
+    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS: what pretraining predicts."""
+    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
 
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")

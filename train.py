@@ -62,7 +62,7 @@ class TrainConfig:
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"         # auto | float32 | bfloat16 | float16
     compile: bool = False
-    workers: int | None = None  # processes drawing batches ahead of the step (default: cores - 1, at most 8;
+    workers: int | None = None  # processes drawing batches ahead of the step (default: cores - 2, at most 8;
                                 # 0: drawn here, between steps)
     progress: bool = True       # a progress bar, when the output is a terminal
 

@@ -157,7 +157,7 @@ def test_scene_pixels_match_description():
 def test_patch_objects_and_object_labels_match_the_scene():
     """What pretrain_vision.py learns from: the patch holding an object's centre belongs to that object, a patch whose
     centre pixel shows background belongs to none, and an object's labels are its shape, colour and the ninth of the
-    image that holds its centre."""
+    image that holds its centre (its cell)."""
     for seed in range(40):
         img, scene = render_scene(seed)
         px = np.asarray(img).astype(int)
@@ -166,12 +166,10 @@ def test_patch_objects_and_object_labels_match_the_scene():
         for i, o in enumerate(scene["objects"]):
             assert owner[(o["y"] // 8) * 8 + o["x"] // 8] == i
             assert 1 <= int((owner == i).sum()) <= 9  # a box spans 1 to 3 x 3 patches
-            shape, color, cell, subcell = object_labels(o, 64)
+            shape, color, cell = object_labels(o, 64)
             assert (SHAPES[shape], list(COLORS)[color]) == (o["shape"], o["color"])
             row, column = divmod(cell, 3)  # CELLS reads row by row, like the grid of the image
             assert row * 64 / 3 <= o["y"] < (row + 1) * 64 / 3 and column * 64 / 3 <= o["x"] < (column + 1) * 64 / 3
-            row, column = 3 * row + subcell // 3, 3 * column + subcell % 3  # the ninth of the image, finer
-            assert row * 64 / 9 <= o["y"] < (row + 1) * 64 / 9 and column * 64 / 9 <= o["x"] < (column + 1) * 64 / 9
         for k in torch.nonzero(owner == -1).flatten().tolist():
             y, x = (k // 8) * 8 + 4, (k % 8) * 8 + 4
             assert min(np.linalg.norm(px[y, x] - COLORS[c]) for c in COLORS) > 60

@@ -22,7 +22,7 @@ def test_first_reached_finds_the_first_eval_at_each_level():
                               "80%": {"iter": 20, "train_s": 109.0, "text_tokens": 200},
                               "90%": {"iter": 30, "train_s": 114.0, "text_tokens": 300}}
     assert table["shape"]["50%"]["iter"] == 10 and table["shape"]["90%"]["iter"] == 30
-    assert table["count"] == {"50%": None, "80%": None, "90%": None}  # a task never evaluated never reached
+    assert list(table) == ["color", "shape"]  # the tasks the run evaluates
 
 
 def test_learn_smoke_run_then_rerun_only_redraws(tmp_path):
@@ -78,6 +78,8 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "learn_fusions_empty": (["learn", "--fusions="], "--fusions takes a comma-separated list"),
     "learn_unknown_fusion": (["learn", "--fusions=casa,concat"], "--fusions takes a comma-separated list"),
     "learn_unbalanced_quote": (["learn", "--train_args=--lr='3"], "--train_args: No closing quotation"),
+    "learn_vision_args_unbalanced": (["learn", "--vision_args=--lr='3"], "--vision_args: No closing quotation"),
+    "learn_no_jobs": (["learn", "--jobs=0"], "jobs must be >= 1, got 0"),
     "learn_png_is_a_folder": (["learn", "--png={tmp}"], "--png={tmp}: is a directory"),
     "paper_jobs_0": (["paper", "--jobs=0"], "jobs must be >= 1, got 0"),
     "paper_md_in_a_missing_folder": (["paper", "--md=/missing/p.md"], "--md=/missing/p.md: no such directory"),

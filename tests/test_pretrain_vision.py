@@ -50,9 +50,9 @@ def test_pretrain_vision_labels_every_patch_with_the_object_or_glyph_under_it():
         owner, char = scenes.patch_objects(scene, 8), scenes.patch_chars(scene, 8)
         for k in range(64):
             o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-            glyph = (scenes.CHARS.index(scene["text"][char[k]]), char[k].item()) if char[k] >= 0 else none[4:]
-            assert tuple(labels[n, k].tolist()) == (scenes.object_labels(o, 64) if o else none[:4]) + glyph
-    assert (labels[..., 4] < none[4]).any()  # some scenes show text
+            glyph = (scenes.CHARS.index(scene["text"][char[k]]), char[k].item()) if char[k] >= 0 else none[3:]
+            assert tuple(labels[n, k].tolist()) == (scenes.object_labels(o, 64) if o else none[:3]) + glyph
+    assert (labels[..., 3] < none[3]).any()  # some scenes show text
 
 
 @pytest.mark.parametrize("args, says", [
