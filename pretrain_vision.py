@@ -52,7 +52,7 @@ class PretrainConfig:
     optimizer: str = "muon"     # muon (the ViT blocks' and projector's matrices; AdamW for the rest) | adamw
     eval_interval: int = 250
     eval_scenes: int = 256      # held-out scenes
-    text_share: float = 1 / 3   # of the scenes have text (and 0-2 objects), as the reading task's do; 0: shapes only
+    text_share: float = 0.5     # of the scenes have text (and 0-2 objects), as the reading task's do; 0: shapes only
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     workers: int | None = None  # processes drawing batches ahead (default: cores - 2, at most 8; 0: here)
