@@ -227,7 +227,8 @@ def draw_learning_curves(results, path):
     panels = [(f"{task}: held-out accuracy", "seconds of training (encoder included)", "accuracy",
                {fusion: [(r["vision_pretrain_s"] + e["train_s"], e["accuracy"].get(task, 0)) for e in r["curve"]]
                 for fusion, r in results.items()}) for task in tasks]
-    figures.line_panels(panels, cols=2, panel=(640, 400), y=(0, 1), yfmt=figures.percent, stage=stage).save(path)
+    figures.line_panels(panels, cols=2 if len(tasks) <= 4 else 3, panel=(640, 400), y=(0, 1), yfmt=figures.percent,
+                        stage=stage).save(path)
 
 
 # ------------------------------------------------------------------------------------------------ paper
