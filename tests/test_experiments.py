@@ -31,8 +31,8 @@ def test_learn_smoke_run_then_rerun_only_redraws(tmp_path):
     train_args = "--max_iters=4 --eval_interval=2 --batch_size=4 --eval_per_task=2 --progress=false " \
                  "--tasks=color,shape,count,position"
     argv = ["learn", "--fusions=insertion,casa", f"--out_dir={tmp_path / 'learn'}", "--vision_iters=2",
-            "--vision_args=--text_share=0.25", "--jobs=2", f"--train_args={train_args}", f"--json={tmp_path / 'l.json'}",
-            f"--png={tmp_path / 'l.png'}", *MODEL]
+            "--vision_args=--text_share=0.25", "--jobs=2", f"--train_args={train_args}",
+            f"--json={tmp_path / 'l.json'}", f"--png={tmp_path / 'l.png'}", *MODEL]
     r = ok(run("experiments.py", *argv))
     assert "to 90%" in r.stdout and r.stdout.count("training: ") == 3  # the encoder, then both fusions at once
     assert load(tmp_path / "learn" / "vision" / "ckpt.pt")["train_config"]["text_share"] == 0.25
