@@ -223,7 +223,7 @@ def draw_learning_curves(results, path):
     fusion; the pretraining (shared by every fusion, before their first eval) shaded."""
     vision_s = max(r["vision_pretrain_s"] for r in results.values())
     stage = (0, vision_s, f"encoder\npretraining\n({vision_s:.0f} s)") if vision_s else None
-    tasks = next(iter(results.values()))["curve"][0]["accuracy"]
+    tasks = next(iter(results.values()))["reached"]  # the tasks the runs evaluate (first_reached)
     panels = [(f"{task}: held-out accuracy", "seconds of training (encoder included)", "accuracy",
                {fusion: [(r["vision_pretrain_s"] + e["train_s"], e["accuracy"].get(task, 0)) for e in r["curve"]]
                 for fusion, r in results.items()}) for task in tasks]

@@ -68,14 +68,15 @@ class PretrainConfig:
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
 
 
-
 LABELS = ("shape", "color", "cell", "char", "place")  # what each patch names: scenes.object_labels's three for a
 # patch on an object, the character and its place in the text (0-3) for a patch on a glyph
 NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS), len(scenes.CHARS), 4)  # "nothing of this kind"
-OBJECT_LABELS = 3  # LABELS[:3] name the object under a patch, the rest the glyph
+OBJECT_LABELS = LABELS.index("char")  # LABELS[:OBJECT_LABELS] name the object under a patch, the rest the glyph
+
+
 def labelled_scenes(seed, n, size, grid, text_share):
     """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, its labels
-    (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, 5)."""
+    (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, len(LABELS))."""
     rng = random.Random(seed)
     drawn = [scenes.sample_scene(rng, size, text=rng.random() < text_share) for _ in range(n)]
     images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])
@@ -97,7 +98,8 @@ def training_batch(seed, start_iter, n, size, grid, text_share, i):
 
 
 class Heads(nn.Module):
-    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)] * 5."""
+    """One linear classifier per label kind, applied to every token: (n, N, C) -> [(n, N, classes + 1)], one per
+    kind (LABELS)."""
 
     def __init__(self, dim):
         super().__init__()
@@ -108,7 +110,8 @@ class Heads(nn.Module):
 
 
 def loss_of(logits, labels):
-    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)] * 5; labels (n, N, 5)."""
+    """Summed cross-entropy of the heads over all patches. logits: [(n, N, classes + 1)], one per kind; labels
+    (n, N, len(LABELS))."""
     return sum(F.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten()) for k, lg in enumerate(logits))
 
 

@@ -42,11 +42,12 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, encoder_ckpt,
 
 
 def test_pretrain_vision_labels_every_patch_with_the_object_or_glyph_under_it():
-    images, labels = pretrain_vision.labelled_scenes(3, 16, 64, 8, 1 / 3)
+    share = 1 / 3  # of the scenes with text
+    images, labels = pretrain_vision.labelled_scenes(3, 16, 64, 8, share)
     assert images.shape == (16, 3, 64, 64) and labels.shape == (16, 64, len(pretrain_vision.LABELS))
     rng, none = random.Random(3), pretrain_vision.NONE
     for n in range(16):  # the scenes, drawn again
-        scene = scenes.sample_scene(rng, 64, text=rng.random() < 1 / 3)
+        scene = scenes.sample_scene(rng, 64, text=rng.random() < share)
         owner, char = scenes.patch_objects(scene, 8), scenes.patch_chars(scene, 8)
         for k in range(64):
             o = scene["objects"][owner[k]] if owner[k] >= 0 else None
