@@ -68,9 +68,10 @@ class PretrainConfig:
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
 
 
-LABELS = ("shape", "color", "cell", "char", "place")  # what each patch names: scenes.object_labels's three for a
+LABELS = ("shape", "color", "size", "cell", "char", "place")  # what each patch names: scenes.object_labels's for a
 # patch on an object, the character and its place in the text (0-3) for a patch on a glyph
-NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.CELLS), len(scenes.CHARS), 4)  # "nothing of this kind"
+NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.RADIUS), len(scenes.CELLS), len(scenes.CHARS),
+        4)  # "nothing of this kind"
 OBJECT_LABELS = LABELS.index("char")  # LABELS[:OBJECT_LABELS] name the object under a patch, the rest the glyph
 
 

@@ -48,10 +48,11 @@ GRID = (("top left", "top", "top right"),
         ("left", "center", "right"),
         ("bottom left", "bottom", "bottom right"))
 CELLS = tuple(cell for row in GRID for cell in row)
+SIDES = {"x": ("left", "right"), "y": ("above", "below")}  # a relation question's two answers, along each axis
 # every word the generated questions and answers use (tests/test_data.py checks that none is missing)
 VOCABULARY = tuple(sorted(set(" ".join(
     ["what color is the how many shapes are there where written describe image of one shape and small big",
-     "yes no left right above below moves to at appears turns disappears an", *COLORS, *SHAPES, *WORDS,
+     "left right above below or moves to at appears turns disappears an", *COLORS, *SHAPES, *WORDS,
      *CELLS]).split())))
 MIN_SIZE = 32  # below this the shapes and text are no longer recognisable
 SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixel keeps the pure colour
@@ -59,7 +60,8 @@ COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
 NOISE = 4.0  # std of per-pixel noise, so that no pixel value is a shortcut
 BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from every object colour
 # How scenes look. Training only ever sees "default"; "shifted" is a second look, drawn differently, for checking
-# that a model reads the images and not quirks of the generator: other object sizes, darker shades with stronger
+# that a model reads the images and not quirks of the generator: other object sizes (yet every small one smaller
+# than any big one of either look, so a caption's "small" and "big" keep their meaning), darker shades with stronger
 # jitter, more noise, and stripes across the background. Same vocabulary, same questions.
 # Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
 # drawing's pixels), slants (horizontal shear, either way) and shades of dark ink on a light box (+-text_jitter per
@@ -71,7 +73,7 @@ STYLES = {
     "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0,
                 "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.3),
                 "ink": (20, 20, 30), "paper": (235, 235, 225), "text_jitter": 40},
-    "shifted": {"radius": {"small": 0.085, "big": 0.13}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16,
+    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16,
                 "text_size": (0.25, 0.31), "weight": (3, 3), "slant": (0.3, 0.35),
                 "ink": (30, 40, 140), "paper": (250, 235, 200), "text_jitter": 0},
 }
@@ -330,10 +332,14 @@ def _question(task, scene, rng):
         return f"what shape is the {o['color']} one?", o["shape"]
     if task == "position":
         return f"where is the {o['color']} {o['shape']}?", _cell(o, size)
-    a, b = o  # relation: the word is drawn independently of the pair, so yes/no are equally likely
-    word = rng.choice(("left of", "right of") if axis == "x" else ("above", "below"))
-    holds = (a[axis] < b[axis]) == (word in ("left of", "above"))  # y grows downwards
-    return f"is the {_name(a, objects)} {word} the {_name(b, objects)}?", "yes" if holds else "no"
+    # relation: the question offers both sides and the answer names one. (A yes/no question, "is the A left of the
+    # B?", makes the answer the XOR of the word and the comparison: neither alone predicts it, so no gradient leads
+    # to either, and every fusion sat at chance; this form learns: results/accuracy_notebook.md.) Both orders of a
+    # pair are candidates, so each side is the answer half the time.
+    a, b = o
+    before, after = SIDES[axis]  # y grows downwards: "above" is the smaller y
+    return (f"is the {_name(a, objects)} {before} or {after}{' of' if axis == 'x' else ''} the {_name(b, objects)}?",
+            before if a[axis] < b[axis] else after)
 
 
 def patch_objects(scene, grid):
@@ -352,8 +358,10 @@ def patch_objects(scene, grid):
 
 
 def object_labels(o, size):
-    """An object's shape, colour and cell as indices into SHAPES, COLORS and CELLS: what pretraining predicts."""
-    return SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), CELLS.index(_cell(o, size))
+    """An object's shape, colour, size (small or big) and cell as indices into SHAPES, COLORS, RADIUS and CELLS: what
+    pretraining predicts (every property a scene caption names)."""
+    return (SHAPES.index(o["shape"]), list(COLORS).index(o["color"]), tuple(RADIUS).index(o["size"]),
+            CELLS.index(_cell(o, size)))
 
 
 MULTI_IMAGE_QUESTIONS = ("color", "shape", "count", "position")

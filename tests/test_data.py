@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
 from scenes import (  # noqa: E402
-    COLORS, EVAL_SEED0, RESTATE, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation,
+    COLORS, EVAL_SEED0, RADIUS, RESTATE, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK, Conversation,
     DataError, Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip, make_conversation,
     object_labels, patch_chars, patch_objects, render_scene, sample_conversations, sample_scene, train_seed,
 )
@@ -156,8 +156,8 @@ def test_scene_pixels_match_description():
 
 def test_patch_objects_and_object_labels_match_the_scene():
     """What pretrain_vision.py learns from: the patch holding an object's centre belongs to that object, a patch whose
-    centre pixel shows background belongs to none, and an object's labels are its shape, colour and the ninth of the
-    image that holds its centre (its cell)."""
+    centre pixel shows background belongs to none, and an object's labels are its shape, colour, size and the ninth
+    of the image that holds its centre (its cell)."""
     for seed in range(40):
         img, scene = render_scene(seed)
         px = np.asarray(img).astype(int)
@@ -166,8 +166,8 @@ def test_patch_objects_and_object_labels_match_the_scene():
         for i, o in enumerate(scene["objects"]):
             assert owner[(o["y"] // 8) * 8 + o["x"] // 8] == i
             assert 1 <= int((owner == i).sum()) <= 9  # a box spans 1 to 3 x 3 patches
-            shape, color, cell = object_labels(o, 64)
-            assert (SHAPES[shape], list(COLORS)[color]) == (o["shape"], o["color"])
+            shape, color, size, cell = object_labels(o, 64)
+            assert (SHAPES[shape], list(COLORS)[color], tuple(RADIUS)[size]) == (o["shape"], o["color"], o["size"])
             row, column = divmod(cell, 3)  # CELLS reads row by row, like the grid of the image
             assert row * 64 / 3 <= o["y"] < (row + 1) * 64 / 3 and column * 64 / 3 <= o["x"] < (column + 1) * 64 / 3
         for k in torch.nonzero(owner == -1).flatten().tolist():
@@ -201,13 +201,14 @@ def check_answer(question, answer, scene):
         row = ("top", "", "bottom")[o["y"] * 3 // size]
         col = ("left", "", "right")[o["x"] * 3 // size]
         assert answer == (f"{row} {col}".strip() or "center")
-    elif m := re.fullmatch(r"is the (.+) (left of|right of|above|below) the (.+)\?", question):
+    elif m := re.fullmatch(r"is the (.+) (left or right of|above or below) the (.+)\?", question):
         a, b = find(m[1]), find(m[3])
-        axis = "x" if m[2] in ("left of", "right of") else "y"
+        axis = "x" if m[2] == "left or right of" else "y"
         assert abs(a[axis] - b[axis]) > size / 8  # only clear relations are asked
-        truth = {"left of": a["x"] < b["x"], "right of": a["x"] > b["x"],
-                 "above": a["y"] < b["y"], "below": a["y"] > b["y"]}
-        assert answer == ("yes" if truth[m[2]] else "no")
+        if axis == "x":
+            assert answer == ("left" if a["x"] < b["x"] else "right")
+        else:
+            assert answer == ("above" if a["y"] < b["y"] else "below")  # y grows downwards
     else:
         raise AssertionError(f"unexpected question {question!r}")
 
@@ -248,6 +249,14 @@ def test_text_styles():
     assert shifted["ink"] != default["ink"] and shifted["paper"] != default["paper"]
 
 
+def test_small_and_big_mean_the_same_in_every_look():
+    """The shifted look draws other sizes, but a scene caption names sizes: every small object of either look is
+    smaller than every big one, after the +-15% spread and the rounding to whole pixels."""
+    radii = {(style, name): [round(64 * STYLES[style]["radius"][name] * f) for f in (0.85, 1.15)]
+             for style in STYLES for name in ("small", "big")}
+    assert max(radii[s, "small"][1] for s in STYLES) < min(radii[s, "big"][0] for s in STYLES)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_answers_match_scenes(task):
     for seed in range(25):
@@ -256,7 +265,7 @@ def test_answers_match_scenes(task):
         assert 2 <= len(conv.turns) <= 4 if task == "multi_image" else len(conv.turns) == 1
         for turn, scene in zip(conv.turns, conv.scenes):
             assert len(turn.images) == 1 and turn.images[0].tobytes() == draw_scene(scene).tobytes()
-            assert len(turn.question) < 50 and len(turn.answer) < 100
+            assert len(turn.question) < 64 and len(turn.answer) < 100
             check_answer(turn.question, turn.answer, scene)
             if task == "multi_image":
                 assert re.match(r"what color|what shape|how many|where", turn.question)
@@ -311,14 +320,17 @@ def test_follow_up_questions_ask_about_the_same_scene(task):
     assert not n_turns or max(n_turns) > 2
 
 
-def test_relation_answers_are_balanced_for_every_word():
-    """Neither the word nor the names tell the answer: a blind model gets 50%."""
+def test_relation_answers_are_balanced_on_each_axis():
+    """The words do not tell the answer: each of an axis's two sides is the answer about half the time, so a blind
+    model gets 50%."""
     answers = {}
     for s in range(800):
         turn = make_conversation("relation", s).turns[0]
-        answers.setdefault(re.search(r"left of|right of|above|below", turn.question)[0], []).append(turn.answer)
-    for word, said in answers.items():
-        assert 0.4 < said.count("yes") / len(said) < 0.6, word
+        answers.setdefault(re.search(r"left or right|above or below", turn.question)[0], []).append(turn.answer)
+    assert set(answers) == {"left or right", "above or below"}
+    for sides, said in answers.items():
+        assert set(said) == set(sides.split(" or "))
+        assert 0.4 < said.count(sides.split()[0]) / len(said) < 0.6, sides
 
 
 def test_clip_frames_show_what_the_captions_need():

@@ -21,7 +21,7 @@ def test_pretrained_encoder_starts_a_vlm_and_resumes_exactly(pool, encoder_ckpt,
     straight, _ = pool.map(lambda args: ok(run_preloaded("pretrain_vision.py", *args)), [
         [*PRETRAIN, f"--out_dir={tmp_path / 'A'}", "--max_iters=4", "--eval_interval=2"],
         [f"--out_dir={tmp_path / 'B'}", "--init_from=resume", "--max_iters=4"]])
-    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%, cell \d+%",
+    assert re.search(r"iter 4: loss \d+\.\d{3}, held-out patches right: shape \d+%, color \d+%, size \d+%, cell \d+%",
                      straight.stdout)
     a, b = load(tmp_path / "A" / "ckpt.pt"), load(tmp_path / "B" / "ckpt.pt")
     assert a["iter"] == b["iter"] == 4 and a["model"].keys() == b["model"].keys()
@@ -51,9 +51,10 @@ def test_pretrain_vision_labels_every_patch_with_the_object_or_glyph_under_it():
         owner, char = scenes.patch_objects(scene, 8), scenes.patch_chars(scene, 8)
         for k in range(64):
             o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-            glyph = (scenes.CHARS.index(scene["text"][char[k]]), char[k].item()) if char[k] >= 0 else none[3:]
-            assert tuple(labels[n, k].tolist()) == (scenes.object_labels(o, 64) if o else none[:3]) + glyph
-    assert (labels[..., 3] < none[3]).any()  # some scenes show text
+            objects = pretrain_vision.OBJECT_LABELS
+            glyph = (scenes.CHARS.index(scene["text"][char[k]]), char[k].item()) if char[k] >= 0 else none[objects:]
+            assert tuple(labels[n, k].tolist()) == (scenes.object_labels(o, 64) if o else none[:objects]) + glyph
+    assert (labels[..., objects] < none[objects]).any()  # some scenes show text
 
 
 @pytest.mark.parametrize("args, says", [

@@ -68,14 +68,14 @@ def answer(scene, question):
     if m := re.fullmatch(r"where is the (\w+ \w+)\?", question):
         o = find(objects, m[1])
         return o and cell(o, size)
-    if m := re.fullmatch(r"is the (.+) (left of|right of|above|below) the (.+)\?", question):
+    if m := re.fullmatch(r"is the (.+) (left or right of|above or below) the (.+)\?", question):
         a, b = find(objects, m[1]), find(objects, m[3])
         if a is None or b is None:
             return None
-        axis = "x" if m[2] in ("left of", "right of") else "y"
-        first, second = (a, b) if m[2] in ("left of", "above") else (b, a)  # y grows downwards
-        holds = clearly(first[axis], second[axis], size)
-        return None if holds is None else ("yes" if holds else "no")
+        before, after = m[2].removesuffix(" of").split(" or ")  # y grows downwards: "above" is the smaller y
+        axis = "x" if before == "left" else "y"
+        holds = clearly(a[axis], b[axis], size)
+        return None if holds is None else (before if holds else after)
     raise AssertionError(f"no oracle for the question {question!r}")
 
 
