@@ -180,14 +180,26 @@ def quick_paper(tmp_path_factory):
 def test_paper_quick_writes_every_table_key(quick_paper):
     runs, outputs, _, first = quick_paper
     r = json.loads(outputs["json"].read_text())
-    assert {"machine", "options", "budget", "lm_on_descriptions", "setting_i", "setting_ii", "captioning"} <= set(r)
+    assert {"machine", "options", "budget", "lm_on_descriptions", "sweep", "setting_i", "setting_ii",
+            "captioning"} <= set(r)
     columns = {*experiments.COARSE_TASKS, *experiments.FINE_TASKS, "coarse", "fine", "mean"}
+    assert set(r["sweep"]) == set(casa.FUSIONS)
+    for f, row in r["sweep"].items():  # the chosen scale is the best of the sweep, and its rates are the ones used
+        best = max(row["scales"].values(), key=lambda acc: acc["mean"])["mean"]
+        assert row["scales"][row["chosen"]]["mean"] == best and row["rates"] == experiments.rates(float(row["chosen"]))[:2]
+        run = load(runs / "i" / f"{f}_s{experiments.SEEDS[0]}" / "ckpt.pt")["train_config"]
+        assert [f"--lr={run['lr']:.3g}", f"--pretrained_lr={run['pretrained_lr']:.3g}"] == row["rates"]
     assert set(r["setting_i"]) == set(experiments.VARIANTS)
-    for row in r["setting_i"].values():
+    for v, row in r["setting_i"].items():
         assert set(row["mean"]) == columns and set(row["blind"]) == columns
-        assert set(row["seeds"]) == {str(s) for s in experiments.SEEDS}
-        assert all(columns <= set(seed) for seed in row["seeds"].values())
+        assert set(row["seeds"]) == {str(s) for s in experiments.seeds_of(v)}
+        assert len(row["seeds"]) == (3 if v in casa.FUSIONS else 2)
+        for seed in row["seeds"].values():
+            assert columns <= set(seed) and set(seed["reached"]) == {"50%", "80%", "90%"}
+            assert -1 <= seed["last_20pct_gain"] <= 1
     assert set(r["setting_ii"]) == {"insertion", *experiments.ADAPTED}
+    best_seed = max(experiments.SEEDS, key=lambda s: r["setting_i"]["insertion"]["seeds"][str(s)]["mean"])
+    assert r["setting_ii"]["insertion"]["seed"] == best_seed
     for f in experiments.ADAPTED:
         assert set(r["setting_ii"][f]["drop"]) == columns
     assert set(r["captioning"]) == set(casa.FUSIONS)
@@ -196,11 +208,17 @@ def test_paper_quick_writes_every_table_key(quick_paper):
         assert 0 <= c["exact"] <= c["soft"] <= 1  # an exact caption names the right colours and shapes too
     assert r["captioning"]["insertion"]["cache_tokens"] > r["captioning"]["cross"]["cache_tokens"]
     md = outputs["md"].read_text()
-    assert all(h in md for h in ("### Setting (i)", "### Setting (ii)", "### Live captioning"))
+    assert all(h in md for h in ("### Learning rates", "### Setting (i)", "### Setting (ii)", "### Live captioning",
+                                 "### The paper's claims"))
     assert all(f"| {v} |" in md for v in experiments.VARIANTS)
+    verdicts = [line for line in md.splitlines() if line.startswith("- **")]
+    assert len(verdicts) == len(experiments.claims(r)) and all(
+        any(f"**: {v}" in line for v in ("agrees", "disagrees", experiments.UNSURE)) for line in verdicts)
     assert Image.open(outputs["png"]).size[0] > 600
     assert Image.open(outputs["gif"]).n_frames >= 8  # a held-out clip has 8 to 64 frames
-    trained = 1 + 2 * len(experiments.VARIANTS) + 3 + len(experiments.ADAPTED)
+    sweep = len(casa.FUSIONS) * len(experiments.RATE_SCALES)
+    seeds = sum(len(experiments.seeds_of(v)) for v in experiments.VARIANTS)
+    trained = 1 + sweep + seeds + len(casa.FUSIONS) + len(experiments.ADAPTED)
     assert first.stdout.count("training: train.py") == trained
 
 
@@ -237,9 +255,24 @@ def test_paper_lm_starts_every_vlm_and_adapting_keeps_the_frozen_weights(quick_p
     assert all(torch.equal(t, own[name]) for name, t in lm["model"].items())
     assert new and all(".cross." in name or ".norm2." in name for name in new)
     # setting (ii): after training, every weight the adapted model shares with its insertion source is bit-identical
-    source = load(runs / "i" / f"insertion_s{experiments.SEEDS[0]}" / "ckpt.pt")["model"]
+    seed = json.loads(quick_paper[1]["json"].read_text())["setting_ii"]["insertion"]["seed"]
+    source = load(runs / "i" / f"insertion_s{seed}" / "ckpt.pt")["model"]
     for f in experiments.ADAPTED:
         adapted = load(runs / "ii" / f / "ckpt.pt")
         assert all(torch.equal(t, adapted["model"][name]) for name, t in source.items())
         trained = [name for name in adapted["model"] if name not in source]
         assert trained and all(".cross." in name or ".norm2." in name for name in trained)
+
+
+def test_the_sweep_rule_and_the_verdicts():
+    """The sweep picks the best mean, a tie going to the smaller rates; a claim gets a verdict only when the seeds'
+    ranges allow it."""
+    assert experiments.chosen_scale({1 / 3: {"mean": 0.5}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1
+    assert experiments.chosen_scale({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1 / 3
+    assert experiments.rates(3) == ["--lr=0.018", "--pretrained_lr=0.003", "--warmup_iters=50"]
+    high, low, overlapping = (0.9, 0.88, 0.92), (0.6, 0.5, 0.7), (0.85, 0.6, 0.95)
+    assert experiments.ahead(high, low) == "agrees" and experiments.ahead(low, high) == "disagrees"
+    assert experiments.ahead(overlapping, low) == experiments.UNSURE
+    assert experiments.close((0.800, 0.7, 0.9), (0.812, 0.7, 0.9), 1.5) == "agrees"
+    assert experiments.close(high, low, 1.5) == "disagrees"
+    assert experiments.close(overlapping, (0.8, 0.75, 0.85), 1.5) == experiments.UNSURE
