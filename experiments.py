@@ -248,7 +248,7 @@ LEARNING_RATES = (6e-3, 1e-3)  # new layers (--lr), pretrained weights (--pretra
 RATE_SCALES = (1 / 3, 1, 3)  # the sweep: both rates times each (insertion's only new layer is the projector, so for
 # it the pretrained rate is the one that matters; scaling both keeps one knob per fusion)
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
-BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=1200, adapt=400, video=800, eval_per_task=64, clips=16,
+BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=800, adapt=400, video=800, eval_per_task=64, clips=16,
                         frames=8),
            "quick": dict(vision=2, lm=2, sweep=2, vlm=4, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
 QUICK_MODEL = dict(image_size=32, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2, n_embd=32)
