@@ -476,7 +476,8 @@ def claims(r):
     source, ii = r["setting_ii"]["insertion"], {f: r["setting_ii"][f] for f in ADAPTED}
     drops = ", ".join(f"{f} {100 * row['drop']['mean']:.1f}" for f, row in ii.items())
     return [
-        ("Insertion is ahead of plain cross-attention on the fine-grained tasks", ahead(fine["insertion"], fine["cross"]),
+        ("Insertion is ahead of plain cross-attention on the fine-grained tasks",
+         ahead(fine["insertion"], fine["cross"]),
          f"fine-grained mean: {spread('insertion', fine['insertion'])}, {spread('cross', fine['cross'])}"),
         ("CASA closes most of that gap", ahead(fine["casa"], half_closed) if gap > 0 else UNSURE + " (no gap to close)",
          f"fine-grained mean: {spread('casa', fine['casa'])}; half the gap closed would be {percent(half_closed[0])}"),
