@@ -6,7 +6,7 @@ untrained models; these train).
         time to accuracy: trains each fusion with train.py (same data, same budget) and reports the iterations,
         training seconds and text tokens until each task first reaches 50, 80 and 90%; --vision_iters first
         pretrains one vision encoder that every fusion starts from
-    python experiments.py paper              (make paper; --quick: tiny budgets, a minute or two)
+    python experiments.py paper              (make paper; --quick: tiny budgets, a few minutes)
         the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one text-only
         LM (setting (i)), cross and CASA adapting the frozen insertion VLM (setting (ii)), live captioning; writes
         results/paper.json, .md, .png and a captioned GIF
@@ -67,7 +67,7 @@ class LearnOptions:
 @dataclass
 class PaperOptions:
     out_dir: str = "out-paper"    # every run keeps its folder here (checkpoint, log, eval.json): a rerun resumes
-    quick: bool = False           # tiny models and budgets, a minute or two: checks the pipeline, not the claims
+    quick: bool = False           # tiny models and budgets, a few minutes: checks the pipeline, not the claims
     jobs: int = 2                 # training runs at once (each on cpu_count / jobs threads)
     json: str = "results/paper.json"
     md: str = "results/paper.md"  # the tables
@@ -234,7 +234,7 @@ def draw_learning_curves(results, path):
 # ------------------------------------------------------------------------------------------------ paper
 # The paper's comparisons at toy scale (PAPER.md: settings (i) and (ii), Tables 2 and 3, live captioning). Every
 # VLM starts from one text-only LM, which starts from one pretrained vision encoder; variants differ in the fusion
-# only: same data, same budget, same seeds, and each fusion at the learning rates its own short sweep chose.
+# only: same data, same budget, the same first seeds, and each fusion at the learning rates its own short sweep chose.
 
 COARSE_TASKS = ("color", "shape", "count", "position")
 FINE_TASKS = ("reading", "relation", "caption", "multi_image")  # a word, two objects, every object, the latest image
@@ -250,9 +250,9 @@ RATE_SCALES = (1 / 3, 1, 3)  # the sweep: both rates times each (insertion's onl
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
 BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=800, adapt=400, video=800, eval_per_task=64, clips=16,
                         frames=8),
-           "quick": dict(vision=2, lm=2, sweep=2, vlm=4, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
+           "quick": dict(vision=2, lm=2, sweep=2, vlm=5, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
 QUICK_MODEL = dict(image_size=32, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2, n_embd=32)
-CURVE_POINTS = 8  # evals in a setting (i) run: its crossing times and its plateau are read off them
+CURVE_POINTS = 10  # evals in a setting (i) run (one at 80% of it): its crossing times and plateau are read off them
 PLATEAU = 0.01  # the budget is enough once the mean accuracy gains at most this over the last 20% of a run
 
 
@@ -346,10 +346,11 @@ def caption_table(c, args):
 
 def curve_facts(job):
     """From a run's evals: the first iteration, training seconds and text tokens at which its mean accuracy over
-    every task reached 50, 80 and 90% (first_reached), and that mean's gain over the last 20% of the run."""
+    every task reached 50, 80 and 90% (first_reached), and that mean's gain since the last eval at or before 80% of
+    the run (None if there is none)."""
     curve = [{**e, "accuracy": summary(e["accuracy"])} for e in eval_log(job.out_dir)]
     before = [e for e in curve if e["iter"] <= 0.8 * curve[-1]["iter"]]
-    gain = curve[-1]["accuracy"]["mean"] - (before[-1]["accuracy"]["mean"] if before else 0.0)
+    gain = curve[-1]["accuracy"]["mean"] - before[-1]["accuracy"]["mean"] if before else None
     return {"reached": first_reached(curve, 0)["mean"], "last_20pct_gain": gain}
 
 
@@ -385,21 +386,23 @@ def paper(args, overrides):
     swept = {f: {scale: summary(final_eval(sweep[(f, scale)])["accuracy"]) for scale in RATE_SCALES} for f in FUSIONS}
     scale_of = {f: chosen_scale(swept[f]) for f in FUSIONS}
 
-    setting_i = {(v, seed): Job("train.py", where("i", f"{v}_s{seed}"),
+    # a run's folder names its rates: should the sweep choose otherwise, no finished run at other rates is reused
+    at = lambda name, f: f"{name}_x{scale_of[f]:.3g}"
+    setting_i = {(v, seed): Job("train.py", where("i", f"{at(v, FUSION_OF[v])}_s{seed}"),
                                 [*vqa(b["vlm"], lm_ckpt, scale_of[FUSION_OF[v]], evals=CURVE_POINTS), *flags,
                                  f"--seed={seed}"], b["vlm"])
                  for v, flags in VARIANTS.items() for seed in seeds_of(v)}
-    video = {f: Job("train.py", where("video", f),
+    video = {f: Job("train.py", where("video", at(f, f)),
                     [*vqa(b["video"], lm_ckpt, scale_of[f], "video", eval_per_task=b["clips"]), f"--fusion={f}",
                      f"--frames={b['frames']}", *([] if args.quick else ["--batch_size=8"])], b["video"])
              for f in FUSIONS}
     run_jobs([*setting_i.values(), *video.values()], args.jobs)
     runs = {key: {**final_eval(job), **curve_facts(job)} for key, job in setting_i.items()}
     for r in runs.values():
-        r.update(summary(r["accuracy"]), blind=summary(r["blind_accuracy"]))
+        r.update(summary(r["accuracy"]))
     source_seed = max(SEEDS, key=lambda seed: runs[("insertion", seed)]["mean"])  # the strongest insertion model
     source = setting_i[("insertion", source_seed)]
-    adapted = {f: Job("train.py", where("ii", f),
+    adapted = {f: Job("train.py", where("ii", at(f, f)),
                       [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt"), scale_of[f]), f"--fusion={f}",
                        "--pretrained_lr=0", f"--seed={SEEDS[0]}"], b["adapt"]) for f in ADAPTED}
     run_jobs(list(adapted.values()), args.jobs)
@@ -466,8 +469,11 @@ def close(a, b, points):
 
 
 def claims(r):
-    """The paper's accuracy claims (PAPER.md), each as (claim, verdict, the numbers): a verdict is told only when
-    the seeds' ranges allow it."""
+    """The paper's accuracy claims (PAPER.md), each as (claim, verdict, the numbers). "A ahead of B" is told only when
+    the seeds' ranges do not overlap (ahead); "A within N points of B" agrees when the means are that close and
+    disagrees only when the ranges are apart (close); "A at least as good as B" agrees on the means and disagrees only
+    when the ranges are apart. Adapting is judged only from a source at 85% or more (a drop from a weak model says
+    little), on one seed, and a drop of at most 10 points counts as small."""
     of = lambda v, column: seed_range(r["setting_i"][v], column)
     fine = {v: of(v, "fine") for v in ("insertion", "cross", "casa")}
     mean = {v: of(v, "mean") for v in ("insertion", "cross", "casa", "cross_gate")}
@@ -487,7 +493,8 @@ def claims(r):
         ("CASA is about equal to plain cross-attention on average", close(mean["casa"], mean["cross"], 1.5),
          f"mean: {spread('casa', mean['casa'])}, {spread('cross', mean['cross'])}"),
         ("CASA needs no gate: without one it does at least as well as cross-attention with a tanh gate",
-         "agrees" if mean["casa"][0] >= mean["cross_gate"][0] else ahead(mean["casa"], mean["cross_gate"]),
+         "agrees" if mean["casa"][0] >= mean["cross_gate"][0]
+         else "disagrees" if mean["casa"][2] < mean["cross_gate"][1] else UNSURE,
          f"mean: {spread('casa', mean['casa'])}, {spread('cross_gate', mean['cross_gate'])}"),
         ("Adapting a frozen insertion VLM costs a small drop (the paper: 6.8 points on average)",
          UNSURE + f" (the source is at {percent(source['accuracy']['mean'])}%, under 85%)"
@@ -503,12 +510,14 @@ def paper_tables(r):
     crossing times and plateau; setting (ii) as its Table 3; live captioning; the paper's claims, one line each."""
     columns = [*COARSE_TASKS, *FINE_TASKS, "coarse", "fine", "mean"]
     head = lambda *names: ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
+    if "sweep" not in r:
+        raise UsageError("this JSON is from make paper before its learning-rate sweep: run make paper again")
     b, sweep = r["budget"], r["sweep"]
-    scales = list(next(iter(sweep.values()))["scales"])
+    scales = [f"{scale:.3g}" for scale in RATE_SCALES]
     lines = [f"### Learning rates: each fusion's sweep (seed {SEEDS[0]}, {b['sweep']} iterations from the LM; mean "
              "held-out accuracy over every task; both rates scaled together)", "",
-             *head("fusion", *(f"x{s} (--lr={rates(float(s))[0].split('=')[1]}, --pretrained_lr="
-                               f"{rates(float(s))[1].split('=')[1]})" for s in scales), "chosen")]
+             *head("fusion", *(f"x{label} ({', '.join(rates(scale)[:2])})"
+                               for label, scale in zip(scales, RATE_SCALES)), "chosen")]
     for f, row in sweep.items():
         lines.append(f"| {f} | " + " | ".join(percent(row["scales"][s]["mean"]) for s in scales)
                      + f" | x{row['chosen']}: {', '.join(row['rates'])} |")
@@ -531,7 +540,8 @@ def paper_tables(r):
         seeds = row["seeds"].values()
         reached = [" / ".join("-" if s["reached"][f"{t:.0%}"] is None else str(s["reached"][f"{t:.0%}"]["iter"])
                               for s in seeds) for t in THRESHOLDS]
-        gains = " / ".join(f"{100 * s['last_20pct_gain']:+.1f}" for s in seeds)
+        gains = " / ".join("-" if s["last_20pct_gain"] is None else f"{100 * s['last_20pct_gain']:+.1f}"
+                           for s in seeds)
         lines.append(f"| {v} | {spread('', seed_range(row, 'mean')).strip()} | " + " | ".join(reached)
                      + f" | {gains} |")
     source = r["setting_ii"]["insertion"]
@@ -548,7 +558,7 @@ def paper_tables(r):
         lines.append(f"| {f} | {percent(c['exact'])} | {percent(c['soft'])} | {percent(c['blind_exact'])} | "
                      f"{percent(c['blind_soft'])} | {c['ms_per_frame']:.1f} | {c['cache_tokens']} | "
                      f"{c['cache_bytes'] / 1024:.0f} |")
-    lines += ["", "### The paper's claims, read at this scale (a verdict only where the seeds' ranges allow one)", ""]
+    lines += ["", "### The paper's claims, read at this scale (the rules: experiments.claims)", ""]
     lines += [f"- **{claim}**: {verdict}. {numbers}." for claim, verdict, numbers in claims(r)]
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,8 @@ Pretrain casa's vision encoder on its own, before it meets a language model.
 Real VLMs start from a vision encoder someone else trained (CLIP, SigLIP); casa downloads nothing, so this script
 trains one on the procedural scenes, in a few minutes on a CPU. Every patch token learns to name what lies under its
 centre: the shape, the colour, the size (small or big, as captions say it) and the cell (which ninth of the image,
-as the position questions say it) of the object there; on text, the character and its place in the word (for reading glyphs, not one font's pixels); or
+as the position questions say it) of the object there; on text, the character and its place in the word (for
+reading glyphs, not one font's pixels); or
 "none" (dense labels, like a segmentation backbone's), so each token carries what the questions will ask about it.
 Linear heads, one per kind of label, read the tokens and are thrown away afterwards; the checkpoint holds the
 encoder only, and train.py builds a VLM on top of it:

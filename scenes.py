@@ -60,9 +60,9 @@ COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
 NOISE = 4.0  # std of per-pixel noise, so that no pixel value is a shortcut
 BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from every object colour
 # How scenes look. Training only ever sees "default"; "shifted" is a second look, drawn differently, for checking
-# that a model reads the images and not quirks of the generator: other object sizes (yet every small one smaller
-# than any big one of either look, so a caption's "small" and "big" keep their meaning), darker shades with stronger
-# jitter, more noise, and stripes across the background. Same vocabulary, same questions.
+# that a model reads the images and not quirks of the generator: other object sizes (yet at 64 px every small one
+# smaller than any big one of either look, so a caption's "small" and "big" keep their meaning), darker shades with
+# stronger jitter, more noise, and stripes across the background. Same vocabulary, same questions.
 # Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
 # drawing's pixels), slants (horizontal shear, either way) and shades of dark ink on a light box (+-text_jitter per
 # channel), so that the encoder learns glyphs rather than one font's pixels; the shifted look draws it more slanted

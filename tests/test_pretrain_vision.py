@@ -45,13 +45,12 @@ def test_pretrain_vision_labels_every_patch_with_the_object_or_glyph_under_it():
     share = 1 / 3  # of the scenes with text
     images, labels = pretrain_vision.labelled_scenes(3, 16, 64, 8, share)
     assert images.shape == (16, 3, 64, 64) and labels.shape == (16, 64, len(pretrain_vision.LABELS))
-    rng, none = random.Random(3), pretrain_vision.NONE
+    rng, none, objects = random.Random(3), pretrain_vision.NONE, pretrain_vision.OBJECT_LABELS
     for n in range(16):  # the scenes, drawn again
         scene = scenes.sample_scene(rng, 64, text=rng.random() < share)
         owner, char = scenes.patch_objects(scene, 8), scenes.patch_chars(scene, 8)
         for k in range(64):
             o = scene["objects"][owner[k]] if owner[k] >= 0 else None
-            objects = pretrain_vision.OBJECT_LABELS
             glyph = (scenes.CHARS.index(scene["text"][char[k]]), char[k].item()) if char[k] >= 0 else none[objects:]
             assert tuple(labels[n, k].tolist()) == (scenes.object_labels(o, 64) if o else none[:objects]) + glyph
     assert (labels[..., objects] < none[objects]).any()  # some scenes show text
