@@ -399,7 +399,7 @@ def paper(args, overrides):
     run_jobs([*setting_i.values(), *video.values()], args.jobs)
     runs = {key: {**final_eval(job), **curve_facts(job)} for key, job in setting_i.items()}
     for r in runs.values():
-        r.update(summary(r["accuracy"]))
+        r.update(summary(r["accuracy"]))  # a seed's record: its final eval and curve, then its columns
     source_seed = max(SEEDS, key=lambda seed: runs[("insertion", seed)]["mean"])  # the strongest insertion model
     source = setting_i[("insertion", source_seed)]
     adapted = {f: Job("train.py", where("ii", at(f, f)),
@@ -415,10 +415,9 @@ def paper(args, overrides):
         seeds = {seed: runs[(v, seed)] for seed in seeds_of(v)}
         mean = lambda key: {c: sum(r[key][c] for r in seeds.values()) / len(seeds) for c in seeds[SEEDS[0]][key]}
         results["setting_i"][v] = {"mean": summary(mean("accuracy")), "blind": summary(mean("blind_accuracy")),
-                                   "seeds": {seed: {k: r[k] for k in ("iter", "train_s", "accuracy", "reached",
-                                                                     "last_20pct_gain", *summary(r["accuracy"]))}
+                                   "seeds": {seed: {k: x for k, x in r.items() if k != "blind_accuracy"}
                                              for seed, r in seeds.items()}}
-    base = summary(final_eval(source)["accuracy"])
+    base = summary(runs[("insertion", source_seed)]["accuracy"])
     results["setting_ii"]["insertion"] = {"accuracy": base, "seed": source_seed}
     for f, job in adapted.items():
         r = final_eval(job)
