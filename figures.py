@@ -8,7 +8,8 @@ fonts and colours and no script carries its own axis code:
                         a shaded stage and a legend, all in data coordinates
     line_panels(...)    panels of line charts in a grid (the benchmarks' and the experiments' curves)
     legend(...)         coloured swatches with their names
-    sheet(images)       a grid of images with text above and under each (data sheets, heat maps, GIF frames)
+    wrap(s, width)      a line of text broken at spaces into lines no wider than width px
+    sheet(images)       a grid of images with text above and under each (data sheets, heat maps)
 
 Imports nothing of the project's: any script may draw with it.
 """
@@ -39,6 +40,18 @@ def text(draw, xy, s, size=14, fill=INK, anchor="la"):
 
 def text_width(s, size=14):
     return font(size).getlength(s)
+
+
+def wrap(s, width, size=14):
+    """s broken at spaces into lines at most `width` px wide at font `size` (a word wider than that gets a line of
+    its own); at least one line, so an empty caption still takes its row."""
+    lines = []
+    for word in s.split():
+        if lines and text_width(f"{lines[-1]} {word}", size) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def colors(names):

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import casa
 import data
@@ -220,14 +220,21 @@ def write_srt(path, starts, ends, captions):
         f.write("\n".join(blocks))
 
 
-def write_captioned_gif(path, frames, starts, ends, captions, scale=4):
-    """The clip, each frame enlarged with its caption under it, shown as long as the caption was."""
-    pages = [figures.sheet([frame.resize((frame.width * scale, frame.height * scale), Image.Resampling.NEAREST)],
-                           margin=(4, 4), below=[[text]], background="black", ink="white")
-             for frame, text in zip(frames, captions)]
+def write_captioned_gif(path, frames, starts, ends, captions, scale=4, size=14):
+    """The clip, each frame enlarged with its caption under it, wrapped to the frame's width (every page as tall as
+    the longest caption needs: a GIF keeps one canvas), shown as long as the caption was."""
+    width, height = frames[0].width * scale, frames[0].height * scale
+    wrapped = [figures.wrap(text or "-", width, size) for text in captions]
+    pages = []
+    for frame, lines in zip(frames, wrapped):
+        page = Image.new("RGB", (width + 8, height + 8 + max(map(len, wrapped)) * figures.line_height(size)), "black")
+        page.paste(frame.resize((width, height), Image.Resampling.NEAREST), (4, 4))
+        draw = ImageDraw.Draw(page)
+        for i, line in enumerate(lines):
+            figures.text(draw, (4, height + 6 + i * figures.line_height(size)), line, size, "white")
+        pages.append(page)
     durations = [max(20, round(1000 * (b - a))) for a, b in zip(starts, ends)]
     pages[0].save(path, save_all=True, append_images=pages[1:], duration=durations, loop=0)
-
 
 if __name__ == "__main__":
     run_script(main, "sample.py")

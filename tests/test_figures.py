@@ -70,3 +70,14 @@ def test_sheet_lays_images_out_in_rows_with_text():
     assert titled.size[0] == 5 + 20 + 4 + 20 + 5
     assert titled.getpixel((5, 3 + text_h)) == (255, 0, 0)  # under the title
     assert titled.size[1] == 3 + text_h + 10 + text_h + figures.line_height(14) + 4 + 3
+
+
+@pytest.mark.parametrize("s", ["a red circle at the top left and a blue star at the center", "one", "",
+                               "extraordinarilylongwordthatcannotfit and more"])
+def test_wrap_keeps_every_word_and_each_line_fits(s):
+    lines = figures.wrap(s, 120)
+    assert " ".join(lines).split() == s.split() and len(lines) >= 1
+    for line in lines:
+        assert figures.text_width(line) <= 120 or " " not in line  # only a lone word may be wider
+    if len(lines) > 1:  # greedy: no line could have taken the next line's first word
+        assert all(figures.text_width(f"{a} {b.split()[0]}") > 120 for a, b in zip(lines, lines[1:]))

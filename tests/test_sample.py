@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import data
+import figures
 import scenes
 import sample
 from casa import VLM, Attention, VLMConfig, attend, rope
@@ -212,6 +213,19 @@ def test_sample_video_synthetic_writes_srt_and_gif(video_ckpt, tmp_path):
         assert start == f"00:00:{i // 4:02d},{i % 4 * 250:03d}" and start < end
     with Image.open(gif) as im:
         assert im.n_frames == n
+
+
+def test_gif_captions_wrap_to_the_frame_and_every_page_has_one_size(tmp_path):
+    frames = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")]
+    captions = ["a red circle at the top left and a blue star at the center and a green cross", "-"]
+    sample.write_captioned_gif(tmp_path / "c.gif", frames, [0, 1], [1, 2], captions)
+    with Image.open(tmp_path / "c.gif") as im:
+        sizes = set()
+        for i in range(im.n_frames):
+            im.seek(i)
+            sizes.add(im.size)
+    lines = figures.wrap(captions[0], 32 * 4)
+    assert len(lines) >= 3 and sizes == {(32 * 4 + 8, 32 * 4 + 8 + len(lines) * figures.line_height(14))}
 
 
 def test_sample_video_from_gif_and_folder(video_ckpt, tmp_path):
