@@ -218,7 +218,7 @@ def line_panels(panels, cols=1, panel=(900, 300), y=None, yfmt="{:g}".format, st
 
 
 def sheet(images, cols=None, gap=2, margin=(0, 0), title=(), above=None, below=None, legend_entries=None,
-          size=14, background="white", ink=INK):
+          size=14):
     """Images left to right in rows of `cols` (default: one row), `gap` px apart, margin=(x, y) px
     around: the `title` lines on top, above[i] / below[i] (lists of lines) over and under image i, the
     legend entries at the bottom. In each block of text the first line is in ink, the others smaller
@@ -233,12 +233,12 @@ def sheet(images, cols=None, gap=2, margin=(0, 0), title=(), above=None, below=N
     heights = [n_above + max(im.height for im in row) + n_below for row in grid]
     height = 2 * margin[1] + block(title) + sum(heights) + gap * (len(grid) - 1) + (
         line_height(size) + 4 if legend_entries else 0)
-    canvas = Image.new("RGB", (width, height), background)
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
 
     def write(x, y, lines):
         for i, s in enumerate(lines):
-            text(draw, (x, y), s, line_size(i), ink if i == 0 else MUTED)
+            text(draw, (x, y), s, line_size(i), INK if i == 0 else MUTED)
             y += line_height(line_size(i))
 
     write(margin[0], margin[1], title)

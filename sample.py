@@ -236,5 +236,6 @@ def write_captioned_gif(path, frames, starts, ends, captions, scale=4, size=14):
     durations = [max(20, round(1000 * (b - a))) for a, b in zip(starts, ends)]
     pages[0].save(path, save_all=True, append_images=pages[1:], duration=durations, loop=0)
 
+
 if __name__ == "__main__":
     run_script(main, "sample.py")
