@@ -225,9 +225,10 @@ def write_captioned_gif(path, frames, starts, ends, captions, scale=4, size=14):
     the longest caption needs: a GIF keeps one canvas), shown as long as the caption was."""
     width, height = frames[0].width * scale, frames[0].height * scale
     wrapped = [figures.wrap(text or "-", width, size) for text in captions]
+    page_size = (width + 8, height + 8 + max(map(len, wrapped)) * figures.line_height(size))
     pages = []
     for frame, lines in zip(frames, wrapped):
-        page = Image.new("RGB", (width + 8, height + 8 + max(map(len, wrapped)) * figures.line_height(size)), "black")
+        page = Image.new("RGB", page_size, "black")
         page.paste(frame.resize((width, height), Image.Resampling.NEAREST), (4, 4))
         draw = ImageDraw.Draw(page)
         for i, line in enumerate(lines):
