@@ -359,7 +359,7 @@ def paper(args, overrides):
     vision encoder; the text-only LM on it; the learning-rate sweep (insertion, cross and casa from the LM, short,
     at each of RATE_SCALES); setting (i) (every variant and seed from the LM, at its fusion's chosen rates) with the
     video models (insertion, cross, casa from the LM, on clips); setting (ii) (cross and casa on the frozen insertion
-    model of the best seed). Then the scores: each run's final eval.json and curve, and live captions of held-out
+    model of the best seed), which runs beside setting (i)'s other variants. Then the scores: each run's final eval.json and curve, and live captions of held-out
     clips."""
     b = BUDGETS["quick" if args.quick else "full"]
     overrides = {**(QUICK_MODEL if args.quick else {}), **overrides}
@@ -396,16 +396,19 @@ def paper(args, overrides):
                     [*vqa(b["video"], lm_ckpt, scale_of[f], "video", eval_per_task=b["clips"]), f"--fusion={f}",
                      f"--frames={b['frames']}", *([] if args.quick else ["--batch_size=8"])], b["video"])
              for f in FUSIONS}
-    run_jobs([*setting_i.values(), *video.values()], args.jobs)
-    runs = {key: {**final_eval(job), **curve_facts(job)} for key, job in setting_i.items()}
-    for r in runs.values():
-        r.update(summary(r["accuracy"]))  # a seed's record: its final eval and curve, then its columns
-    source_seed = max(SEEDS, key=lambda seed: runs[("insertion", seed)]["mean"])  # the strongest insertion model
-    source = setting_i[("insertion", source_seed)]
+    # the three fusions first, a seed of each at a time, then their video models: a run cut short (it resumes)
+    # already compares them; setting (ii) and the other variants come last
+    core = sorted((key for key in setting_i if key[0] in FUSIONS), key=lambda key: key[1])
+    run_jobs([*(setting_i[key] for key in core), *video.values()], args.jobs)
+    source_seed = max(SEEDS, key=lambda seed: summary(final_eval(setting_i[("insertion", seed)])["accuracy"])["mean"])
+    source = setting_i[("insertion", source_seed)]  # the strongest insertion model
     adapted = {f: Job("train.py", where("ii", at(f, f)),
                       [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt"), scale_of[f]), f"--fusion={f}",
                        "--pretrained_lr=0", f"--seed={SEEDS[0]}"], b["adapt"]) for f in ADAPTED}
-    run_jobs(list(adapted.values()), args.jobs)
+    run_jobs([*adapted.values(), *(job for key, job in setting_i.items() if key not in core)], args.jobs)
+    runs = {key: {**final_eval(job), **curve_facts(job)} for key, job in setting_i.items()}
+    for r in runs.values():
+        r.update(summary(r["accuracy"]))  # a seed's record: its final eval and curve, then its columns
 
     results = {"budget": b, "model": overrides, "lm_on_descriptions": final_eval(lm),
                "sweep": {f: {"scales": {f"{scale:.3g}": acc for scale, acc in swept[f].items()},
