@@ -7,6 +7,8 @@ common.py: what every casa script stands on, so that the scripts are peers and n
     machine                       what a measurement ran on
     pick_device, pick_dtype       device and precision
     param_counts                  a model's parameters per part
+    evaluate                      validation loss and exact-match accuracy per task (training's evals, the choices
+                                  experiments.py makes on the validation conversations)
     write_atomic, save_checkpoint, load_checkpoint, load_model, build_model, resume_checkpoint
                                   checkpoints: atomic writes that an interrupt waits for, checked reads (the
                                   memory a model needs checked before it is built), one resume path
@@ -455,6 +457,25 @@ def load_model(path, device):
     model, tok = build_model(ckpt, path)
     load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), tok, ckpt
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, autocast):
+    """Validation loss and exact-match accuracy per task. Exact match under teacher forcing (every token of the
+    last answer, its end token included, is the argmax) is exactly what greedy decoding would produce."""
+    model.eval()
+    losses, hits, totals = [], {}, {}
+    for batch in batches:
+        idx, targets, images = batch.inputs(device)
+        with autocast:
+            logits, loss = model(idx, images, targets)
+        losses.append(loss.item())
+        wrong = (model.text_only(logits).argmax(-1) != targets) & batch.last_answer.to(device)
+        for task, ok in zip(batch.tasks, (~wrong.any(1)).tolist()):
+            hits[task] = hits.get(task, 0) + ok
+            totals[task] = totals.get(task, 0) + 1
+    model.train()
+    return sum(losses) / max(1, len(losses)), {t: hits[t] / totals[t] for t in sorted(totals)}
 
 
 def param_counts(model):

@@ -523,6 +523,7 @@ def as_text(conv):
 # seeds: training and held-out conversations never share a seed
 
 EVAL_SEED0 = 2**31  # training seeds are in [0, EVAL_SEED0), held-out seeds are EVAL_SEED0 + i
+VALIDATION_SEED0 = EVAL_SEED0 + 2**30  # a third set, for choices (experiments.py): so the held-out set stays unseen
 
 
 def train_seed(rng):
@@ -540,11 +541,12 @@ def parse_tasks(text):
     return tasks
 
 
-def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=None, part=slice(None)):
+def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=None, part=slice(None),
+                       seed0=EVAL_SEED0):
     """The fixed held-out set: n_per_task conversations of every task, in task order (drawn in `style`);
-    `part`: a slice of it, to draw it in pieces."""
+    `part`: a slice of it, to draw it in pieces; seed0=VALIDATION_SEED0: the validation set instead."""
     pairs = [(task, i) for task in tasks for i in range(n_per_task)][part]
-    return [make_conversation(task, EVAL_SEED0 + i, size, style=style, frames=frames) for task, i in pairs]
+    return [make_conversation(task, seed0 + i, size, style=style, frames=frames) for task, i in pairs]
 
 
 def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None):

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, build, build_model, build_optimizer, check_fits, 
+from common import (UsageError, build, build_model, build_optimizer, check_fits, evaluate,
                     load_checkpoint, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config,
                     open_log, param_counts, parse_options, pick_device, pick_dtype, progress_bar,
                     resume_checkpoint, run_script, save_checkpoint, save_json)
@@ -98,25 +98,6 @@ def make_optimizer(model, new_names, cfg, fused):
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-@torch.no_grad()
-def evaluate(model, batches, device, autocast):
-    """Validation loss and exact-match accuracy per task. Exact match under teacher forcing (every token of the
-    last answer, its end token included, is the argmax) is exactly what greedy decoding would produce."""
-    model.eval()
-    losses, hits, totals = [], {}, {}
-    for batch in batches:
-        idx, targets, images = batch.inputs(device)
-        with autocast:
-            logits, loss = model(idx, images, targets)
-        losses.append(loss.item())
-        wrong = (unwrapped(model).text_only(logits).argmax(-1) != targets) & batch.last_answer.to(device)
-        for task, ok in zip(batch.tasks, (~wrong.any(1)).tolist()):
-            hits[task] = hits.get(task, 0) + ok
-            totals[task] = totals.get(task, 0) + 1
-    model.train()
-    return sum(losses) / max(1, len(losses)), {t: hits[t] / totals[t] for t in sorted(totals)}
 
 
 def accuracy_table(result):
@@ -210,9 +191,7 @@ def main(argv):
 
     workers = data.default_workers() if cfg.workers is None else cfg.workers
     source = data.Conversations(cfg, model_cfg.image_size, workers)
-    def batches(convs, blank_images=False):
-        return [data.collate(convs[i:i + 64], tok, model_cfg.image_size, blank_images)
-                for i in range(0, len(convs), 64)]
+    batches = functools.partial(data.eval_batches, tok=tok, size=model_cfg.image_size)
     eval_batches, blind_batches = batches(source.held_out), batches(source.held_out, blank_images=True)
     shifted_batches = batches(source.shifted)
     lock = lock_out_dir(cfg.out_dir) if master else None  # noqa: F841 (after every check; held until the end)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
 from scenes import (  # noqa: E402
-    COLORS, EVAL_SEED0, RADIUS, RESTATE, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK,
+    COLORS, EVAL_SEED0, RADIUS, RESTATE, VALIDATION_SEED0, SHAPES, STYLES, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK,
     Conversation, DataError, Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip,
     make_conversation, object_labels, patch_chars, patch_objects, render_scene, sample_conversations, sample_scene,
     train_seed,
@@ -426,6 +426,11 @@ def test_train_and_eval_seeds_are_disjoint():
     assert [c.task for c in evals] == [t for t in TASKS for _ in range(2)]
     assert fingerprint(evals[0]) == fingerprint(make_conversation(TASKS[0], EVAL_SEED0, 64))
     assert [fingerprint(c) for c in evals] == [fingerprint(c) for c in eval_conversations(2, 64)]
+    # the validation set (choices are made on it) is a third range of seeds, and other conversations
+    assert EVAL_SEED0 + 10**6 < VALIDATION_SEED0 and VALIDATION_SEED0 + 10**6 < 2**32
+    validation = eval_conversations(2, 64, seed0=VALIDATION_SEED0)
+    assert fingerprint(validation[0]) == fingerprint(make_conversation(TASKS[0], VALIDATION_SEED0, 64))
+    assert not any(fingerprint(v) == fingerprint(e) for v in validation for e in evals)
     train = sample_conversations(random.Random(1), 40, 64)
     assert len({c.task for c in train}) >= 6 and {c.task for c in train} <= set(TASKS)
     assert [fingerprint(c) for c in train] == [fingerprint(c) for c in sample_conversations(random.Random(1), 40, 64)]

@@ -150,6 +150,21 @@ def test_caption_scores_match_each_frame_with_its_caption(tiny_ckpt, monkeypatch
     assert list(c["cache_bytes_at"]) == [8, 16, 20]
 
 
+def test_validation_accuracy_scores_the_validation_seeds_once(tiny_ckpt, tmp_path, monkeypatch):
+    """The choices' score: the run's tasks on conversations from VALIDATION_SEED0, written to validation.json and
+    read back from it afterwards."""
+    (tmp_path / "ckpt.pt").write_bytes(tiny_ckpt.read_bytes())
+    seeds, real = [], scenes.eval_conversations
+    monkeypatch.setattr(scenes, "eval_conversations", lambda *a, **k: seeds.append(k["seed0"]) or real(*a, **k))
+    job = experiments.Job("train.py", str(tmp_path), [])
+    acc = experiments.validation_accuracy(job, 2)
+    tasks = scenes.parse_tasks(load(tmp_path / "ckpt.pt")["train_config"]["tasks"])
+    assert seeds == [scenes.VALIDATION_SEED0] and sorted(acc) == sorted(tasks)
+    assert all(0 <= a <= 1 for a in acc.values())
+    (tmp_path / "validation.json").write_text(json.dumps({"color": 0.5}))
+    assert experiments.validation_accuracy(job, 2) == {"color": 0.5} and seeds == [scenes.VALIDATION_SEED0]
+
+
 def test_captions_command_prints_a_table_and_writes_json(tiny_ckpt, tmp_path):
     out = tmp_path / "c.json"
     r = ok(run_preloaded("experiments.py", "captions", f"--ckpt={tiny_ckpt}", "--clips=2", "--frames=9",
@@ -185,6 +200,9 @@ def test_paper_quick_writes_every_table_key(quick_paper):
     columns = {*experiments.COARSE_TASKS, *experiments.FINE_TASKS, "coarse", "fine", "mean"}
     assert set(r["sweep"]) == set(casa.FUSIONS)
     for f, row in r["sweep"].items():  # the chosen scale is the best of the sweep, and its rates are the ones used
+        for scale, acc in row["scales"].items():  # scored on the validation set, not on the held-out one
+            assert acc == experiments.summary(json.loads((runs / "sweep" / f"{f}_x{scale}" / "validation.json")
+                                                         .read_text()))
         best = max(row["scales"].values(), key=lambda acc: acc["mean"])["mean"]
         assert row["scales"][row["chosen"]]["mean"] == best
         assert row["rates"] == experiments.rates(float(row["chosen"]))[:2]
@@ -199,7 +217,9 @@ def test_paper_quick_writes_every_table_key(quick_paper):
             assert columns <= set(seed) and set(seed["reached"]) == {"50%", "80%", "90%"}
             assert seed["last_20pct_gain"] is not None  # 5 evals: the 4th is at 80% of the run
     assert set(r["setting_ii"]) == {"insertion", *experiments.ADAPTED}
-    best_seed = max(experiments.SEEDS, key=lambda s: r["setting_i"]["insertion"]["seeds"][str(s)]["mean"])
+    validation = {s: json.loads(next((runs / "i").glob(f"insertion_x*_s{s}")).joinpath("validation.json").read_text())
+                  for s in experiments.SEEDS}
+    best_seed = max(experiments.SEEDS, key=lambda s: experiments.summary(validation[s])["mean"])
     assert r["setting_ii"]["insertion"]["seed"] == best_seed
     for f in experiments.ADAPTED:
         assert set(r["setting_ii"][f]["drop"]) == columns

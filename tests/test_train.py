@@ -21,7 +21,7 @@ import data
 import scenes
 import train
 from casa import VLM, VLMConfig
-from common import UsageError, lock_out_dir
+from common import UsageError, evaluate, lock_out_dir
 from conftest import ENV, EXACT, ROOT, TINY, load, ok, one_clean_line, run, run_preloaded
 
 
@@ -207,9 +207,9 @@ def test_a_few_steps_reduce_the_loss(fusion):
     model, tok = tiny_model(fusion)
     batch = data.collate(scenes.sample_conversations(random.Random(0), 4, 32), tok, 32)
     opt = optimizer_for(model, lr=3e-3)
-    before, _ = train.evaluate(model, [batch], "cpu", nullcontext())
+    before, _ = evaluate(model, [batch], "cpu", nullcontext())
     losses = [step(model, opt, batch) for _ in range(8)]
-    after, _ = train.evaluate(model, [batch], "cpu", nullcontext())
+    after, _ = evaluate(model, [batch], "cpu", nullcontext())
     assert losses[0] == pytest.approx(before, rel=1e-5)  # evaluate's loss is the training loss
     assert after < before - 0.5, (before, after)
     assert losses[-1] < losses[0]
@@ -224,7 +224,7 @@ def test_a_tiny_batch_can_be_overfit():
     for i in range(150):
         step(model, opt, batch)
         if i % 10 == 9:
-            loss, accuracy = train.evaluate(model, [batch], "cpu", nullcontext())
+            loss, accuracy = evaluate(model, [batch], "cpu", nullcontext())
             if loss < 0.05 and set(accuracy.values()) == {1.0}:
                 break
     assert loss < 0.05 and set(accuracy.values()) == {1.0}, (i, loss, accuracy)
