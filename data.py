@@ -135,11 +135,6 @@ class Batch:
         return tuple(t.to(device, non_blocking=True) for t in (self.idx, self.targets, self.images))
 
 
-def eval_batches(convs, tok, size, blank_images=False, n=64):
-    """Held-out conversations collated n at a time, in order (collate)."""
-    return [collate(convs[i:i + n], tok, size, blank_images) for i in range(0, len(convs), n)]
-
-
 def collate(convs, tok, size, blank_images=False):
     """Pad conversations into a Batch. blank_images=True replaces every image by the same uniform
     mid-gray image: the "blind" baseline that shows how much of the answers the text alone gives."""
@@ -174,6 +169,11 @@ def collate(convs, tok, size, blank_images=False):
 # bring your own data
 
 GRAY = (128, 128, 128)
+
+
+def eval_batches(convs, tok, size, blank_images=False, n=64):
+    """Held-out conversations collated n at a time, in order (collate)."""
+    return [collate(convs[i:i + n], tok, size, blank_images) for i in range(0, len(convs), n)]
 
 
 def check_file(path):

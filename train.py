@@ -97,7 +97,7 @@ def make_optimizer(model, new_names, cfg, fused):
     return build_optimizer(trained, lr_of, ("blocks.",), cfg, fused)
 
 
-# ------------------------------------------------------------------------------------------------ data
+# ------------------------------------------------------------------------------------------------ reporting
 
 
 def accuracy_table(result):
