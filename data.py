@@ -165,15 +165,15 @@ def collate(convs, tok, size, blank_images=False):
     return Batch(idx, targets, pixels, last_answer, [c.task for c in convs])
 
 
+def eval_batches(convs, tok, size, blank_images=False, n=64):
+    """Held-out conversations collated n at a time, in order (collate)."""
+    return [collate(convs[i:i + n], tok, size, blank_images) for i in range(0, len(convs), n)]
+
+
 # -----------------------------------------------------------------------------
 # bring your own data
 
 GRAY = (128, 128, 128)
-
-
-def eval_batches(convs, tok, size, blank_images=False, n=64):
-    """Held-out conversations collated n at a time, in order (collate)."""
-    return [collate(convs[i:i + n], tok, size, blank_images) for i in range(0, len(convs), n)]
 
 
 def check_file(path):
