@@ -246,8 +246,8 @@ FUSION_OF = {v: flags[0].removeprefix("--fusion=") for v, flags in VARIANTS.item
 ADAPTED = ("cross", "casa")  # setting (ii): new layers on the frozen insertion VLM of setting (i), its best seed
 SEEDS = (1337, 1338, 1339)  # insertion, cross and casa run all three, the other variants the first two
 LEARNING_RATES = (6e-3, 1e-3)  # new layers (--lr), pretrained weights (--pretrained_lr): the sweep's middle
-RATE_SCALES = (1 / 3, 1, 3)  # the sweep: both rates times each (insertion's only new layer is the projector, so for
-# it the pretrained rate is the one that matters; scaling both keeps one knob per fusion)
+RATE_SCALES = (1 / 3, 1, 3)  # the sweep: both rates times each (insertion adds no layer to the LM, whose checkpoint
+# holds the encoder and its projector, so for it only the pretrained rate acts; scaling both keeps one knob a fusion)
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
 BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=800, adapt=400, video=800, eval_per_task=64, clips=16,
                         frames=8),
