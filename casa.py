@@ -688,6 +688,8 @@ def check_fields(cfg, at_least=(), above=()):
         if kind is float and type(value) is int:
             value = float(value)
             setattr(cfg, f.name, value)
+        if f.default is None and isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
         if f.default is None or kind not in (int, float, str, bool):
             continue  # optional and list fields: their scripts check them
         if type(value) is not kind:

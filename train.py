@@ -48,6 +48,8 @@ class TrainConfig:
     lr: float = 3e-3            # new weights (everything, from scratch; the fusion layers when adapting)
     vision_lr: float = 5e-4     # a new vision encoder (5e-4 and 2e-3 measured alike since LayerScale: README)
     pretrained_lr: float = 2e-4  # weights that came from --init_from=PATH (0 freezes them)
+    pretrained_vision_lr: float | None = None  # of those, the vision encoder's (default: --pretrained_lr): an
+                                # encoder pretrained on labels and an LM pretrained on text may want different rates
     min_lr_ratio: float = 0.1   # cosine decay ends at lr * min_lr_ratio
     warmup_iters: int = 100
     weight_decay: float = 0.1
@@ -70,6 +72,7 @@ class TrainConfig:
         check_fields(self, at_least=dict(batch_size=1, grad_accum=1, max_iters=1, eval_interval=1, eval_per_task=1,
                                          log_interval=1, workers=0,
                                          questions=1, frames=1, lr=0.0, vision_lr=0.0, pretrained_lr=0.0,
+                                         pretrained_vision_lr=0.0,
                                          min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
@@ -83,12 +86,14 @@ def unwrapped(model):
 
 def make_optimizer(model, new_names, cfg, fused):
     """A learning rate per origin of a weight: cfg.lr for new weights, cfg.vision_lr for a new vision encoder,
-    cfg.pretrained_lr for weights that came from --init_from (0 freezes them: adapting a frozen model). With
-    --optimizer=muon, Muon trains the weight matrices of the LM blocks (common.build_optimizer)."""
+    cfg.pretrained_lr for weights that came from --init_from (0 freezes them: adapting a frozen model), or
+    cfg.pretrained_vision_lr, when set, for the vision encoder among them. With --optimizer=muon, Muon trains the
+    weight matrices of the LM blocks (common.build_optimizer)."""
     def lr_of(name):
+        vision = name.startswith("vision.")
         if name not in new_names:
-            return cfg.pretrained_lr
-        return cfg.vision_lr if name.startswith("vision.") else cfg.lr
+            return cfg.pretrained_vision_lr if vision and cfg.pretrained_vision_lr is not None else cfg.pretrained_lr
+        return cfg.vision_lr if vision else cfg.lr
     for name, p in model.named_parameters():
         p.requires_grad_(lr_of(name) > 0 or name in new_names)
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -168,7 +173,8 @@ def main(argv):
         # other parameter groups: frozen (--pretrained_lr=0) then, trainable now, or the reverse
         vision_lr = run.get("vision_lr", run.get("lr"))
         load_optimizer_state(optimizer, ckpt, ckpt_path, "resume with the --pretrained_lr of the run that wrote it "
-                             f"({run.get('pretrained_lr')}) and its --vision_lr ({vision_lr})")
+                             f"({run.get('pretrained_lr')}), its --pretrained_vision_lr "
+                             f"({run.get('pretrained_vision_lr')}) and its --vision_lr ({vision_lr})")
         try:
             scaler.load_state_dict(ckpt["scaler"])
             random.setstate(ckpt["rng"]["python"])

@@ -70,6 +70,8 @@ CLI_ERRORS = {  # arguments -> what the one line must say
     "lr_nan": (["--lr=nan"], "lr must be a finite number, got nan"),
     "lr_inf": (["--lr=inf"], "lr must be a finite number, got inf"),
     "lr_negative": (["--lr=-1"], "lr must be >= 0.0, got -1.0"),
+    "pretrained_vision_lr_inf": (["--pretrained_vision_lr=inf"], "pretrained_vision_lr must be a finite number, got inf"),
+    "pretrained_vision_lr_negative": (["--pretrained_vision_lr=-1"], "pretrained_vision_lr must be >= 0.0, got -1.0"),
     "rope_base_0": (["--rope_base=0"], "rope_base must be > 0.0, got 0.0"),
     "n_head_0": (["--n_head=0"], "n_head must be >= 1, got 0"),
     "patch_size_0": (["--patch_size=0"], "patch_size must be >= 1, got 0"),
@@ -255,6 +257,13 @@ def test_optimizer_groups():
         assert group["base_lr"] == (1e-3 if group_names <= new else 1e-4)
         assert group_names <= new or not group_names & new
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+    # a pretrained vision encoder may get a rate of its own; the other pretrained weights keep theirs
+    apart = train.make_optimizer(model, new, train.TrainConfig(lr=1e-3, pretrained_lr=1e-4,
+                                                                pretrained_vision_lr=5e-5), False)
+    for group in apart.param_groups:
+        group_names = {by_id[id(p)] for p in group["params"]}
+        vision = {name.startswith("vision.") for name in group_names}
+        assert group["base_lr"] == (1e-3 if group_names <= new else 5e-5 if vision == {True} else 1e-4)
     frozen = train.make_optimizer(model, new, train.TrainConfig(pretrained_lr=0), False)
     assert {by_id[id(p)] for g in frozen.param_groups for p in g["params"]} == new
     assert {name for name, p in model.named_parameters() if p.requires_grad} == new
