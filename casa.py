@@ -688,14 +688,12 @@ def check_fields(cfg, at_least=(), above=()):
         if kind is float and type(value) is int:
             value = float(value)
             setattr(cfg, f.name, value)
-        if f.default is None and isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # optional fields too
             raise ValueError(f"{f.name} must be a finite number, got {value}")
         if f.default is None or kind not in (int, float, str, bool):
-            continue  # optional and list fields: their scripts check them
+            continue  # optional and list fields: their scripts check the rest
         if type(value) is not kind:
             raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
-        if kind is float and not math.isfinite(value):
-            raise ValueError(f"{f.name} must be a finite number, got {value}")
     for bounds, word, fine in ((at_least, ">=", operator.ge), (above, ">", operator.gt)):
         for name, low in dict(bounds).items():
             if getattr(cfg, name) is not None and not fine(getattr(cfg, name), low):
