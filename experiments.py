@@ -246,8 +246,11 @@ FUSION_OF = {v: flags[0].removeprefix("--fusion=") for v, flags in VARIANTS.item
 ADAPTED = ("cross", "casa")  # setting (ii): new layers on the frozen insertion VLM of setting (i), its best seed
 SEEDS = (1337, 1338, 1339)  # insertion, cross and casa run all three, the other variants the first two
 LEARNING_RATES = (6e-3, 1e-3)  # new layers (--lr), pretrained weights (--pretrained_lr): the sweep's middle
-RATE_SCALES = (1 / 3, 1, 3)  # the sweep: both rates times each (insertion adds no layer to the LM, whose checkpoint
-# holds the encoder and its projector, so for it only the pretrained rate acts; scaling both keeps one knob a fusion)
+RATE_SCALES = (1 / 3, 1, 3)  # the sweep's first axis: both rates times each (insertion adds no layer to the LM, whose
+# checkpoint holds the encoder and its projector, so for it this scales the encoder and the LM together)
+LM_SCALES = (1 / 3, 1, 3)  # its second axis, from the first's choice: the LM's own rate times each, the encoder's
+# held (--pretrained_vision_lr); a winning edge is followed one factor further, at most LM_STEPS_PAST_EDGE times
+LM_STEPS_PAST_EDGE = 2
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
 BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=800, adapt=400, video=800, eval_per_task=64, clips=16,
                         frames=8),
@@ -261,16 +264,35 @@ def seeds_of(variant):
     return SEEDS if variant in FUSIONS else SEEDS[:2]
 
 
-def rates(scale):
-    """train.py's learning-rate options at `scale` times LEARNING_RATES."""
-    new, pretrained = (f"{r * scale:.3g}" for r in LEARNING_RATES)
-    return [f"--lr={new}", f"--pretrained_lr={pretrained}", "--warmup_iters=50"]
+def rates(rate):
+    """train.py's learning-rate options at a sweep point, rate = (scale, lm_scale): the new layers' and the encoder's
+    rates at `scale` times LEARNING_RATES, the LM's at lm_scale times the encoder's."""
+    scale, lm_scale = rate
+    new, pretrained = (r * scale for r in LEARNING_RATES)
+    vision = [] if lm_scale == 1 else [f"--pretrained_vision_lr={pretrained:.3g}"]
+    return [f"--lr={new:.3g}", f"--pretrained_lr={pretrained * lm_scale:.3g}", *vision, "--warmup_iters=50"]
+
+
+def rate_name(rate):
+    """A sweep point's name in run folders and tables: x1, or x1_lm3 once the LM's rate is off the first axis."""
+    scale, lm_scale = rate
+    return f"x{scale:.3g}" + ("" if lm_scale == 1 else f"_lm{lm_scale:.3g}")
 
 
 def chosen_scale(sweep):
-    """The sweep's rule, {scale: summary of its run's final accuracy} -> scale: the highest mean held-out accuracy
-    over every task; a tie goes to the smaller rates (the steadier)."""
+    """The sweep's rule along one axis, {scale: summary of its run's validation accuracy} -> scale: the highest mean
+    over every task; a tie goes to the smaller rate (the steadier)."""
     return max(sweep, key=lambda scale: (round(sweep[scale]["mean"], 4), -scale))
+
+
+def past_edge(tried):
+    """The line search's next LM scale, {lm_scale: summary} -> one factor past the winning edge when that edge beats
+    its neighbour outright, else None (the winner has tried neighbours on both sides, or it won a tie)."""
+    ordered, step = sorted(tried), LM_SCALES[-1] / LM_SCALES[-2]
+    mean = lambda scale: round(tried[scale]["mean"], 4)
+    if mean(ordered[-1]) > max(mean(s) for s in ordered[:-1]):
+        return ordered[-1] * step
+    return ordered[0] / step if mean(ordered[0]) > max(mean(s) for s in ordered[1:]) else None
 
 
 def final_eval(job):
@@ -372,7 +394,7 @@ def curve_facts(job):
 def paper(args, overrides):
     """Five stages, each a set of train.py / pretrain_vision.py runs in OUT_DIR (finished ones are skipped): the
     vision encoder; the text-only LM on it; the learning-rate sweep (insertion, cross and casa from the LM, short,
-    at each of RATE_SCALES); setting (i) (every variant and seed from the LM, at its fusion's chosen rates) with the
+    at each of RATE_SCALES, then at LM_SCALES of the LM's own rate); setting (i) (every variant and seed from the LM, at its fusion's chosen rates) with the
     video models (insertion, cross, casa from the LM, on clips); setting (ii) (cross and casa on the frozen insertion
     model of the best seed), which runs beside setting (i)'s other variants. Then the scores: each run's final eval.json and curve, and live captions of held-out
     clips."""
@@ -384,32 +406,43 @@ def paper(args, overrides):
                  [f"--max_iters={b['vision']}", f"--eval_interval={b['vision']}", *small,
                   *(["--eval_scenes=8"] if args.quick else []), *[f"--{k}={v}" for k, v in overrides.items()]],
                  b["vision"])
-    def vqa(iters, init, scale, tasks=",".join(COARSE_TASKS + FINE_TASKS), evals=2, eval_per_task=b["eval_per_task"]):
+    def vqa(iters, init, rate, tasks=",".join(COARSE_TASKS + FINE_TASKS), evals=2, eval_per_task=b["eval_per_task"]):
         return [f"--init_from={init}", f"--tasks={tasks}", f"--max_iters={iters}",
                 f"--eval_interval={max(1, iters // evals)}", f"--eval_per_task={eval_per_task}", "--progress=false",
-                *rates(scale), *small]
+                *rates(rate), *small]
     # the LM alone, on the same questions with each image described in words (scenes.as_text); no fusion layers
-    lm = Job("train.py", where("lm"), [*vqa(b["lm"], where("vision", "ckpt.pt"), 1), "--text_only=true",
+    lm = Job("train.py", where("lm"), [*vqa(b["lm"], where("vision", "ckpt.pt"), (1, 1)), "--text_only=true",
                                        "--fusion=insertion"], b["lm"])
     lm_ckpt = where("lm", "ckpt.pt")
-    sweep = {(f, scale): Job("train.py", where("sweep", f"{f}_x{scale:.3g}"),
-                             [*vqa(b["sweep"], lm_ckpt, scale), f"--fusion={f}", f"--seed={SEEDS[0]}"], b["sweep"])
-             for f in FUSIONS for scale in RATE_SCALES}
+    sweep_job = lambda f, rate: Job("train.py", where("sweep", f"{f}_{rate_name(rate)}"),
+                                    [*vqa(b["sweep"], lm_ckpt, rate), f"--fusion={f}", f"--seed={SEEDS[0]}"],
+                                    b["sweep"])
+    validation = lambda job: summary(validation_accuracy(job, b["eval_per_task"]))
     run_jobs([vision], args.jobs)
     run_jobs([lm], args.jobs)
-    run_jobs(list(sweep.values()), args.jobs)
-    swept = {f: {scale: summary(validation_accuracy(sweep[(f, scale)], b["eval_per_task"])) for scale in RATE_SCALES}
-             for f in FUSIONS}
+    # the first axis, both rates together; then the second, the LM's rate from the first's choice, past winning edges
+    first = {(f, scale): sweep_job(f, (scale, 1)) for f in FUSIONS for scale in RATE_SCALES}
+    run_jobs(list(first.values()), args.jobs)
+    swept = {f: {scale: validation(first[(f, scale)]) for scale in RATE_SCALES} for f in FUSIONS}
     scale_of = {f: chosen_scale(swept[f]) for f in FUSIONS}
+    lm_swept = {f: {1: swept[f][scale_of[f]]} for f in FUSIONS}
+    todo = {f: [lm for lm in LM_SCALES if lm != 1] for f in FUSIONS}
+    for _ in range(1 + LM_STEPS_PAST_EDGE):
+        second = {(f, lm): sweep_job(f, (scale_of[f], lm)) for f in FUSIONS for lm in todo[f]}
+        run_jobs(list(second.values()), args.jobs)
+        for (f, lm), job in second.items():
+            lm_swept[f][lm] = validation(job)
+        todo = {f: [step] if (step := past_edge(lm_swept[f])) else [] for f in FUSIONS}
+    rate_of = {f: (scale_of[f], chosen_scale(lm_swept[f])) for f in FUSIONS}
 
     # a run's folder names its rates: should the sweep choose otherwise, no finished run at other rates is reused
-    at = lambda name, f: f"{name}_x{scale_of[f]:.3g}"
+    at = lambda name, f: f"{name}_{rate_name(rate_of[f])}"
     setting_i = {(v, seed): Job("train.py", where("i", f"{at(v, FUSION_OF[v])}_s{seed}"),
-                                [*vqa(b["vlm"], lm_ckpt, scale_of[FUSION_OF[v]], evals=CURVE_POINTS), *flags,
+                                [*vqa(b["vlm"], lm_ckpt, rate_of[FUSION_OF[v]], evals=CURVE_POINTS), *flags,
                                  f"--seed={seed}"], b["vlm"])
                  for v, flags in VARIANTS.items() for seed in seeds_of(v)}
     video = {f: Job("train.py", where("video", at(f, f)),
-                    [*vqa(b["video"], lm_ckpt, scale_of[f], "video", eval_per_task=b["clips"]), f"--fusion={f}",
+                    [*vqa(b["video"], lm_ckpt, rate_of[f], "video", eval_per_task=b["clips"]), f"--fusion={f}",
                      f"--frames={b['frames']}", *([] if args.quick else ["--batch_size=8"])], b["video"])
              for f in FUSIONS}
     # the three fusions first, a seed of each at a time, then their video models: a run cut short (it resumes)
@@ -420,7 +453,7 @@ def paper(args, overrides):
                                                                        b["eval_per_task"]))["mean"])
     source = setting_i[("insertion", source_seed)]  # the strongest insertion model
     adapted = {f: Job("train.py", where("ii", at(f, f)),
-                      [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt"), scale_of[f]), f"--fusion={f}",
+                      [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt"), rate_of[f]), f"--fusion={f}",
                        "--pretrained_lr=0", f"--seed={SEEDS[0]}"], b["adapt"]) for f in ADAPTED}
     run_jobs([*adapted.values(), *(job for key, job in setting_i.items() if key not in core)], args.jobs)
     runs = {key: {**final_eval(job), **curve_facts(job)} for key, job in setting_i.items()}
@@ -429,7 +462,10 @@ def paper(args, overrides):
 
     results = {"budget": b, "model": overrides, "lm_on_descriptions": final_eval(lm),
                "sweep": {f: {"scales": {f"{scale:.3g}": acc for scale, acc in swept[f].items()},
-                             "chosen": f"{scale_of[f]:.3g}", "rates": rates(scale_of[f])[:2]} for f in FUSIONS},
+                             "chosen": f"{scale_of[f]:.3g}",
+                             "lm_scales": {f"{lm:.3g}": acc for lm, acc in sorted(lm_swept[f].items())},
+                             "lm_chosen": f"{rate_of[f][1]:.3g}", "rates": rates(rate_of[f])[:-1]}
+                         for f in FUSIONS},
                "setting_i": {}, "setting_ii": {}, "captioning": {}}
     for v in VARIANTS:
         seeds = {seed: runs[(v, seed)] for seed in seeds_of(v)}
@@ -529,19 +565,26 @@ def paper_tables(r):
     crossing times and plateau; setting (ii) as its Table 3; live captioning; the paper's claims, one line each."""
     columns = [*COARSE_TASKS, *FINE_TASKS, "coarse", "fine", "mean"]
     head = lambda *names: ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
-    if "sweep" not in r:
-        raise UsageError("this JSON is from make paper before its learning-rate sweep: run make paper again")
+    if "sweep" not in r or any("lm_scales" not in row for row in r["sweep"].values()):
+        raise UsageError("this JSON is from make paper before its learning-rate sweep had the LM's rate as an axis: "
+                         "run make paper again")
     b, sweep = r["budget"], r["sweep"]
     scales = [f"{scale:.3g}" for scale in RATE_SCALES]
     lines = [f"### Learning rates: each fusion's sweep (seed {SEEDS[0]}, {b['sweep']} iterations from the LM; mean "
-             "validation accuracy over every task; both rates scaled together)", "",
-             *head("fusion", *(f"x{label} ({', '.join(rates(scale)[:2])})"
+             "validation accuracy over every task)", "", "Both rates scaled together:", "",
+             *head("fusion", *(f"x{label} ({', '.join(rates((scale, 1))[:2])})"
                                for label, scale in zip(scales, RATE_SCALES)), "chosen")]
     for f, row in sweep.items():
         lines.append(f"| {f} | " + " | ".join(percent(row["scales"][s]["mean"]) for s in scales)
-                     + f" | x{row['chosen']}: {', '.join(row['rates'])} |")
-    lines += ["", f"Rule: the highest mean; a tie goes to the smaller rates. Every variant of cross-attention runs at "
-              "cross's rates.", "",
+                     + f" | x{row['chosen']} |")
+    lines += ["", "Then the LM's own rate, times each, from that choice (the encoder's and the new layers' held):", "",
+              *head("fusion", "LM rate x: mean", "chosen", "the rates every run of the fusion trains at")]
+    for f, row in sweep.items():
+        tried = ", ".join(f"x{lm}: {percent(acc['mean'])}" for lm, acc in row["lm_scales"].items())
+        lines.append(f"| {f} | {tried} | x{row['lm_chosen']} | {', '.join(row['rates'])} |")
+    lines += ["", "Rule: on each axis the highest mean, a tie going to the smaller rate; on the second, a winning "
+              f"edge is followed one factor further, at most {LM_STEPS_PAST_EDGE} times. Every variant of "
+              "cross-attention runs at cross's rates.", "",
               f"### Setting (i): from a text-only LM ({b['vlm']} iterations; mean over seeds "
               + ", ".join(map(str, SEEDS)) + f" for {', '.join(FUSIONS)}, the first two for the other variants; "
               "min-max in brackets)", "", *head("variant", *columns)]

@@ -199,15 +199,26 @@ def test_paper_quick_writes_every_table_key(quick_paper):
             "captioning"} <= set(r)
     columns = {*experiments.COARSE_TASKS, *experiments.FINE_TASKS, "coarse", "fine", "mean"}
     assert set(r["sweep"]) == set(casa.FUSIONS)
-    for f, row in r["sweep"].items():  # the chosen scale is the best of the sweep, and its rates are the ones used
+    for f, row in r["sweep"].items():  # each axis chooses its best, and the chosen rates are the ones used
         for scale, acc in row["scales"].items():  # scored on the validation set, not on the held-out one
             assert acc == experiments.summary(json.loads((runs / "sweep" / f"{f}_x{scale}" / "validation.json")
                                                          .read_text()))
-        best = max(row["scales"].values(), key=lambda acc: acc["mean"])["mean"]
-        assert row["scales"][row["chosen"]]["mean"] == best
-        assert row["rates"] == experiments.rates(float(row["chosen"]))[:2]
-        run = load(runs / "i" / f"{f}_x{row['chosen']}_s{experiments.SEEDS[0]}" / "ckpt.pt")["train_config"]
-        assert [f"--lr={run['lr']:.3g}", f"--pretrained_lr={run['pretrained_lr']:.3g}"] == row["rates"]
+        for lm, acc in row["lm_scales"].items():
+            name = experiments.rate_name((float(row["chosen"]), float(lm)))
+            assert acc == experiments.summary(json.loads((runs / "sweep" / f"{f}_{name}" / "validation.json")
+                                                         .read_text()))
+        assert set(row["lm_scales"]) >= {f"{lm:.3g}" for lm in experiments.LM_SCALES}
+        best = lambda axis: max(row[axis].values(), key=lambda acc: acc["mean"])["mean"]
+        assert row["scales"][row["chosen"]]["mean"] == best("scales")
+        assert row["lm_scales"]["1"] == row["scales"][row["chosen"]]  # the second axis starts from the first's choice
+        assert row["lm_scales"][row["lm_chosen"]]["mean"] == best("lm_scales")
+        rate = (float(row["chosen"]), float(row["lm_chosen"]))
+        assert row["rates"] == experiments.rates(rate)[:-1]
+        run = load(runs / "i" / f"{f}_{experiments.rate_name(rate)}_s{experiments.SEEDS[0]}" / "ckpt.pt")
+        config = run["train_config"]
+        vision = config["pretrained_vision_lr"] or config["pretrained_lr"]
+        assert (config["lr"], vision, config["pretrained_lr"]) == pytest.approx(
+            (6e-3 * rate[0], 1e-3 * rate[0], 1e-3 * rate[0] * rate[1]), rel=1e-2)
     assert set(r["setting_i"]) == set(experiments.VARIANTS)
     for v, row in r["setting_i"].items():
         assert set(row["mean"]) == columns and set(row["blind"]) == columns
@@ -237,7 +248,8 @@ def test_paper_quick_writes_every_table_key(quick_paper):
         any(f"**: {v}" in line for v in ("agrees", "disagrees", experiments.UNSURE)) for line in verdicts)
     assert Image.open(outputs["png"]).size[0] > 600
     assert Image.open(outputs["gif"]).n_frames >= 8  # a held-out clip has 8 to 64 frames
-    sweep = len(casa.FUSIONS) * len(experiments.RATE_SCALES)
+    sweep = len(list((runs / "sweep").iterdir()))
+    assert sweep >= len(casa.FUSIONS) * (len(experiments.RATE_SCALES) + len(experiments.LM_SCALES) - 1)
     seeds = sum(len(experiments.seeds_of(v)) for v in experiments.VARIANTS)
     trained = 1 + sweep + seeds + len(casa.FUSIONS) + len(experiments.ADAPTED)
     assert first.stdout.count("training: train.py") == trained
@@ -292,7 +304,15 @@ def test_the_sweep_rule_and_the_verdicts():
     ranges allow it."""
     assert experiments.chosen_scale({1 / 3: {"mean": 0.5}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1
     assert experiments.chosen_scale({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1 / 3
-    assert experiments.rates(3) == ["--lr=0.018", "--pretrained_lr=0.003", "--warmup_iters=50"]
+    assert experiments.rates((3, 1)) == ["--lr=0.018", "--pretrained_lr=0.003", "--warmup_iters=50"]
+    assert experiments.rates((1, 3)) == ["--lr=0.006", "--pretrained_lr=0.003", "--pretrained_vision_lr=0.001",
+                                         "--warmup_iters=50"]
+    assert experiments.rate_name((1, 1)) == "x1" and experiments.rate_name((1 / 3, 3)) == "x0.333_lm3"
+    # the second axis goes past a winning edge, and stops once the winner has neighbours on both sides
+    assert experiments.past_edge({1 / 3: {"mean": 0.5}, 1: {"mean": 0.6}, 3: {"mean": 0.7}}) == 9
+    assert experiments.past_edge({1 / 3: {"mean": 0.7}, 1: {"mean": 0.6}, 3: {"mean": 0.5}}) == pytest.approx(1 / 9)
+    assert experiments.past_edge({1 / 3: {"mean": 0.5}, 1: {"mean": 0.7}, 3: {"mean": 0.5}}) is None
+    assert experiments.past_edge({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.5}}) is None  # a tie
     high, low, overlapping = (0.9, 0.88, 0.92), (0.6, 0.5, 0.7), (0.85, 0.6, 0.95)
     assert experiments.ahead(high, low) == "agrees" and experiments.ahead(low, high) == "disagrees"
     assert experiments.ahead(overlapping, low) == experiments.UNSURE
