@@ -279,10 +279,11 @@ def rate_name(rate):
     return f"x{scale:.3g}" + ("" if lm_scale == 1 else f"_lm{lm_scale:.3g}")
 
 
-def chosen_scale(sweep):
+def chosen_scale(sweep, keep=None):
     """The sweep's rule along one axis, {scale: summary of its run's validation accuracy} -> scale: the highest mean
-    over every task; a tie goes to the smaller rate (the steadier)."""
-    return max(sweep, key=lambda scale: (round(sweep[scale]["mean"], 4), -scale))
+    over every task; a tie goes to `keep` (the second axis: the first's choice), else to the smaller rate (the
+    steadier)."""
+    return max(sweep, key=lambda scale: (round(sweep[scale]["mean"], 4), scale == keep, -scale))
 
 
 def past_edge(tried):
@@ -426,14 +427,14 @@ def paper(args, overrides):
     swept = {f: {scale: validation(first[(f, scale)]) for scale in RATE_SCALES} for f in FUSIONS}
     scale_of = {f: chosen_scale(swept[f]) for f in FUSIONS}
     lm_swept = {f: {1: swept[f][scale_of[f]]} for f in FUSIONS}
-    todo = {f: [lm for lm in LM_SCALES if lm != 1] for f in FUSIONS}
+    todo = {f: [lm_scale for lm_scale in LM_SCALES if lm_scale != 1] for f in FUSIONS}
     for _ in range(1 + LM_STEPS_PAST_EDGE):
-        second = {(f, lm): sweep_job(f, (scale_of[f], lm)) for f in FUSIONS for lm in todo[f]}
+        second = {(f, lm_scale): sweep_job(f, (scale_of[f], lm_scale)) for f in FUSIONS for lm_scale in todo[f]}
         run_jobs(list(second.values()), args.jobs)
-        for (f, lm), job in second.items():
-            lm_swept[f][lm] = validation(job)
+        for (f, lm_scale), job in second.items():
+            lm_swept[f][lm_scale] = validation(job)
         todo = {f: [step] if (step := past_edge(lm_swept[f])) else [] for f in FUSIONS}
-    rate_of = {f: (scale_of[f], chosen_scale(lm_swept[f])) for f in FUSIONS}
+    rate_of = {f: (scale_of[f], chosen_scale(lm_swept[f], keep=1)) for f in FUSIONS}
 
     # a run's folder names its rates: should the sweep choose otherwise, no finished run at other rates is reused
     at = lambda name, f: f"{name}_{rate_name(rate_of[f])}"
@@ -582,7 +583,8 @@ def paper_tables(r):
     for f, row in sweep.items():
         tried = ", ".join(f"x{lm}: {percent(acc['mean'])}" for lm, acc in row["lm_scales"].items())
         lines.append(f"| {f} | {tried} | x{row['lm_chosen']} | {', '.join(row['rates'])} |")
-    lines += ["", "Rule: on each axis the highest mean, a tie going to the smaller rate; on the second, a winning "
+    lines += ["", "Rule: on each axis the highest mean, a tie going to the first axis's choice, else to the smaller "
+              "rate; on the second axis, a winning "
               f"edge is followed one factor further, at most {LM_STEPS_PAST_EDGE} times. Every variant of "
               "cross-attention runs at cross's rates.", "",
               f"### Setting (i): from a text-only LM ({b['vlm']} iterations; mean over seeds "

@@ -304,6 +304,7 @@ def test_the_sweep_rule_and_the_verdicts():
     ranges allow it."""
     assert experiments.chosen_scale({1 / 3: {"mean": 0.5}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1
     assert experiments.chosen_scale({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1 / 3
+    assert experiments.chosen_scale({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.7}}, keep=1) == 1
     assert experiments.rates((3, 1)) == ["--lr=0.018", "--pretrained_lr=0.003", "--warmup_iters=50"]
     assert experiments.rates((1, 3)) == ["--lr=0.006", "--pretrained_lr=0.003", "--pretrained_vision_lr=0.001",
                                          "--warmup_iters=50"]
