@@ -209,9 +209,9 @@ def test_paper_quick_writes_every_table_key(quick_paper):
                                                          .read_text()))
         assert set(row["lm_scales"]) >= {f"{lm:.3g}" for lm in experiments.LM_SCALES}
         best = lambda axis: max(row[axis].values(), key=lambda acc: acc["mean"])["mean"]
-        assert row["scales"][row["chosen"]]["mean"] == best("scales")
+        assert row["scales"][row["chosen"]]["mean"] in (best("scales"), row["scales"]["1"]["mean"])
         assert row["lm_scales"]["1"] == row["scales"][row["chosen"]]  # the second axis starts from the first's choice
-        assert row["lm_scales"][row["lm_chosen"]]["mean"] == best("lm_scales")
+        assert row["lm_scales"][row["lm_chosen"]]["mean"] in (best("lm_scales"), row["lm_scales"]["1"]["mean"])
         rate = (float(row["chosen"]), float(row["lm_chosen"]))
         assert row["rates"] == experiments.rates(rate)[:-1]
         run = load(runs / "i" / f"{f}_{experiments.rate_name(rate)}_s{experiments.SEEDS[0]}" / "ckpt.pt")
@@ -300,11 +300,11 @@ def test_paper_lm_starts_every_vlm_and_adapting_keeps_the_frozen_weights(quick_p
 
 
 def test_the_sweep_rule_and_the_verdicts():
-    """The sweep picks the best mean, a tie going to the smaller rates; a claim gets a verdict only when the seeds'
-    ranges allow it."""
+    """The sweep picks the best mean when it beats the default's by more than MARGIN; a claim gets a verdict only
+    when the seeds' ranges allow it."""
     assert experiments.chosen_scale({1 / 3: {"mean": 0.5}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1
-    assert experiments.chosen_scale({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1 / 3
-    assert experiments.chosen_scale({1 / 3: {"mean": 0.7}, 1: {"mean": 0.7}, 3: {"mean": 0.7}}, keep=1) == 1
+    assert experiments.chosen_scale({1 / 3: {"mean": 0.8}, 1: {"mean": 0.7}, 3: {"mean": 0.8}}) == 1 / 3
+    assert experiments.chosen_scale({1 / 3: {"mean": 0.72}, 1: {"mean": 0.7}, 3: {"mean": 0.6}}) == 1  # the margin
     assert experiments.rates((3, 1)) == ["--lr=0.018", "--pretrained_lr=0.003", "--warmup_iters=50"]
     assert experiments.rates((1, 3)) == ["--lr=0.006", "--pretrained_lr=0.003", "--pretrained_vision_lr=0.001",
                                          "--warmup_iters=50"]
