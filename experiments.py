@@ -251,8 +251,7 @@ RATE_SCALES = (1 / 3, 1, 3)  # the sweep's first axis: both rates times each (in
 LM_SCALES = (1 / 3, 1, 3)  # its second axis, from the first's choice: the LM's own rate times each, the encoder's
 # held (--pretrained_vision_lr); a winning edge is followed one factor further, at most LM_STEPS_PAST_EDGE times
 LM_STEPS_PAST_EDGE = 2
-MARGIN = 0.04  # a rate off the default must beat its validation mean by more than two seeds of one rate differ at the
-# sweep's budget (3.4-4.7 points): the short runs' smaller gaps did not carry to setting (i) (paper_notebook.md)
+MARGIN = 0.04  # a rate off x1 must beat it by more: two seeds of one rate differ 3.4-4.7 points (paper_notebook.md)
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
 BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=800, adapt=400, video=800, eval_per_task=64, clips=16,
                         frames=8),
