@@ -395,11 +395,11 @@ def curve_facts(job):
 
 def paper(args, overrides):
     """Five stages, each a set of train.py / pretrain_vision.py runs in OUT_DIR (finished ones are skipped): the
-    vision encoder; the text-only LM on it; the learning-rate sweep (insertion, cross and casa from the LM, short,
-    at each of RATE_SCALES, then at LM_SCALES of the LM's own rate); setting (i) (every variant and seed from the LM, at its fusion's chosen rates) with the
-    video models (insertion, cross, casa from the LM, on clips); setting (ii) (cross and casa on the frozen insertion
-    model of the best seed), which runs beside setting (i)'s other variants. Then the scores: each run's final eval.json and curve, and live captions of held-out
-    clips."""
+    vision encoder; the text-only LM on it; the learning-rate sweep (insertion, cross and casa from the LM, short, at
+    RATE_SCALES, then LM_SCALES of the LM's own rate); setting (i) (every variant and seed from the LM, at its
+    fusion's chosen rates) with the video models (insertion, cross, casa from the LM, on clips); setting (ii) (cross
+    and casa on the frozen insertion model of the best seed), beside setting (i)'s other variants. Then the scores:
+    each run's final eval.json and curve, and live captions of held-out clips."""
     b = BUDGETS["quick" if args.quick else "full"]
     overrides = {**(QUICK_MODEL if args.quick else {}), **overrides}
     small = ["--batch_size=4"] if args.quick else []
