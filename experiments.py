@@ -451,8 +451,7 @@ def paper(args, overrides):
     # already compares them; setting (ii) and the other variants come last
     core = sorted((key for key in setting_i if key[0] in FUSIONS), key=lambda key: key[1])
     run_jobs([*(setting_i[key] for key in core), *video.values()], args.jobs)
-    source_seed = max(SEEDS, key=lambda seed: summary(validation_accuracy(setting_i[("insertion", seed)],
-                                                                       b["eval_per_task"]))["mean"])
+    source_seed = max(SEEDS, key=lambda seed: validation(setting_i[("insertion", seed)])["mean"])
     source = setting_i[("insertion", source_seed)]  # the strongest insertion model
     adapted = {f: Job("train.py", where("ii", at(f, f)),
                       [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt"), rate_of[f]), f"--fusion={f}",
