@@ -208,12 +208,11 @@ def test_paper_quick_writes_every_table_key(quick_paper):
             assert acc == experiments.summary(json.loads((runs / "sweep" / f"{f}_{name}" / "validation.json")
                                                          .read_text()))
         assert set(row["lm_scales"]) >= {f"{lm:.3g}" for lm in experiments.LM_SCALES}
-        def picked(axis):  # the rule, read off the table: the best mean if it clears x1's by the margin, else x1
-            best = max(row[axis].values(), key=lambda acc: acc["mean"])["mean"]
-            return best if best > row[axis]["1"]["mean"] + experiments.MARGIN else row[axis]["1"]["mean"]
-        assert row["scales"][row["chosen"]]["mean"] == picked("scales")
+        def picked(axis):  # the sweep's rule applied to the table's own numbers
+            return experiments.chosen_scale({float(scale): acc for scale, acc in row[axis].items()})
+        assert float(row["chosen"]) == picked("scales")
         assert row["lm_scales"]["1"] == row["scales"][row["chosen"]]  # the second axis starts from the first's choice
-        assert row["lm_scales"][row["lm_chosen"]]["mean"] == picked("lm_scales")
+        assert float(row["lm_chosen"]) == picked("lm_scales")
         rate = (float(row["chosen"]), float(row["lm_chosen"]))
         assert row["rates"] == experiments.rates(rate)[:-1]
         run = load(runs / "i" / f"{f}_{experiments.rate_name(rate)}_s{experiments.SEEDS[0]}" / "ckpt.pt")
