@@ -383,9 +383,8 @@ class Conversations:
 
     def batch(self, it, rank, micro):
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
-        if self.cfg.data == "synthetic":  # one task per batch: similar lengths, so little padding to compute on
-            task = rng.choice(self.tasks)
-            return self.as_text(scenes.sample_conversations(rng, self.cfg.batch_size, self.size, (task,),
+        if self.cfg.data == "synthetic":  # a task per row (see the README on batches of one task)
+            return self.as_text(scenes.sample_conversations(rng, self.cfg.batch_size, self.size, self.tasks,
                                                           self.cfg.questions, self.cfg.frames))
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
 
