@@ -551,6 +551,15 @@ def test_training_from_a_folder(runs):
     assert answers <= {f"image {i}" for i in range(20)} and len(answers) > 1
 
 
+def test_a_training_batch_mixes_tasks_row_by_row():
+    # a batch of one task would make every optimiser step a full-size update for that task alone (Muon and AdamW
+    # normalise the step), undoing what the other tasks' steps learned: each row draws its own task
+    source = data.Conversations(train.TrainConfig(batch_size=12, eval_per_task=1, tasks="color,shape,video",
+                                                  frames=2), 32)
+    for it in range(3):
+        assert len({c.task for c in source.batch(it, 0, 0)}) > 1
+
+
 def test_text_only_batches_hold_no_image():
     cfg = train.TrainConfig(batch_size=6, eval_per_task=2, text_only=True, tasks="color,reading,multi_image,video",
                             frames=3)
