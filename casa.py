@@ -644,9 +644,9 @@ def split_windows(h, s, n):
     number of windows, not with its square. Returns the regrouped h (G, L, C) and Stream, and
     (group, slot), each (B, T), to gather results back."""
     B, T, C = h.shape
-    first = s.win[:, :1]
     group, slot, W = group_by_window(s.win)
-    G, L = B * W, int(slot.max()) + 1
+    used, group = torch.unique(group, return_inverse=True)  # no rows for windows without a token (clips beside single images)
+    G, L = used.numel(), int(slot.max()) + 1
     h_w, pos_w = h.new_zeros(G, L, C), s.pos.new_zeros(G, L)
     win_w = torch.full_like(pos_w, PADDING_WINDOW)  # a window no real query or key belongs to
     h_w[group, slot], pos_w[group, slot], win_w[group, slot] = h, s.pos, s.win
@@ -655,7 +655,7 @@ def split_windows(h, s, n):
     M = s.image_tokens.size(1) // n
     real = s.image_win[:, ::n] >= 0  # (B, M) images that are not padding
     b, j = real.nonzero(as_tuple=True)
-    g = b * W + s.image_win[b, j * n] - first[b, 0]  # the window each image opens
+    g = torch.searchsorted(used, b * W + s.image_win[b, j * n] - s.win[b, 0])  # the window each image opens
     images[g] = s.image_tokens.view(B, M, n, C)[b, j]
     image_pos[g], image_win[g] = s.image_pos[b, j * n, None], s.image_win[b, j * n, None]
     return h_w, Stream(pos_w, win_w, images, image_pos, image_win), (group, slot)
