@@ -21,7 +21,7 @@ test: setup
 # encoder trains on at --pretrained_lr), on the four coarse tasks (colour, shape, count, position); sized to train
 # in about five minutes on a 2-core laptop CPU (README: Accuracy).
 DEMO_VISION_ARGS ?= --max_iters=800 --eval_interval=400 --text_share=0
-DEMO_ARGS ?= --tasks=color,shape,count,position --max_iters=500 --eval_interval=250 --eval_per_task=64 \
+DEMO_ARGS ?= --tasks=color,shape,count,position --max_iters=600 --eval_interval=300 --eval_per_task=64 \
             --warmup_iters=50 --lr=6e-3
 DEMO_QUESTION ?= how many shapes are there?
 demo: setup
