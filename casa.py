@@ -645,7 +645,7 @@ def split_windows(h, s, n):
     (group, slot), each (B, T), to gather results back."""
     B, T, C = h.shape
     group, slot, W = group_by_window(s.win)
-    used, group = torch.unique(group, return_inverse=True)  # no rows for windows without a token (clips beside single images)
+    used, group = torch.unique(group, return_inverse=True)  # a row only for windows holding a token
     G, L = used.numel(), int(slot.max()) + 1
     h_w, pos_w = h.new_zeros(G, L, C), s.pos.new_zeros(G, L)
     win_w = torch.full_like(pos_w, PADDING_WINDOW)  # a window no real query or key belongs to

@@ -383,7 +383,7 @@ class Conversations:
 
     def batch(self, it, rank, micro):
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
-        if self.cfg.data == "synthetic":  # a task per row (see the README on batches of one task)
+        if self.cfg.data == "synthetic":  # a task per row: batches of one task undid each other (README)
             return self.as_text(scenes.sample_conversations(rng, self.cfg.batch_size, self.size, self.tasks,
                                                           self.cfg.questions, self.cfg.frames))
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
