@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import signal
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,7 +350,13 @@ def drawn_ahead(draw, n, workers, pin_memory=False):
     loader has its own random generator, so the training's random state does not depend on the workers."""
     return torch.utils.data.DataLoader(Drawn(draw, n), batch_size=None, num_workers=workers,
                                        prefetch_factor=4 if workers else None, pin_memory=pin_memory,
-                                       generator=torch.Generator())
+                                       generator=torch.Generator(), worker_init_fn=ignore_sigterm)
+
+
+def ignore_sigterm(worker_id):
+    """`timeout`, `kill -- -PGID` and job schedulers send SIGTERM to the whole process group. The main process then
+    stops in one line and ends its workers itself; a worker killed first would make the loader raise a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Conversations:

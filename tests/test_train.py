@@ -4,6 +4,7 @@ per out_dir and SIGTERM.
 Everything uses a tiny model. The training runs of this file start at once, two at a time (see `runs`)."""
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -154,19 +155,25 @@ def test_output_to_a_file_has_no_bar_and_a_line_per_eval(tmp_path):
     assert [r["iter"] for r in train_log(tmp_path)[0]] == [3, 5, 6, 7]
 
 
-def test_sigterm_stops_cleanly_and_the_checkpoint_stays_loadable(tmp_path):
-    """What schedulers and `docker stop` send: exit 143, one line, and the last checkpoint loads."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_stops_cleanly_and_the_checkpoint_stays_loadable(tmp_path, workers):
+    """What schedulers and `docker stop` send: exit 143, one line, and the last checkpoint loads. `timeout` and
+    schedulers signal the whole process group, the workers that draw batches too: still one line, none left."""
     out = tmp_path / "out"
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
         p = subprocess.Popen([sys.executable, "train.py", *TINY, f"--out_dir={out}", "--max_iters=100000",
-                              "--eval_interval=1"], cwd=ROOT, env=ENV, stdout=stdout, stderr=stderr)
+                              "--eval_interval=1", f"--workers={workers}"], cwd=ROOT, env=ENV, stdout=stdout,
+                             stderr=stderr, start_new_session=True)
         try:
             deadline = time.monotonic() + 120  # a safety net, not a measurement
             while not (out / "ckpt.pt").exists() and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert p.poll() is None, "train.py ended before its first checkpoint"
-            p.send_signal(signal.SIGTERM)
+            os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=60)
+            while time.monotonic() < deadline and group_alive(p.pid):
+                time.sleep(0.05)
+            assert not group_alive(p.pid), "a worker outlived train.py"
         finally:
             p.kill()
     r = subprocess.CompletedProcess(p.args, p.returncode, (tmp_path / "stdout").read_text(),
@@ -175,6 +182,14 @@ def test_sigterm_stops_cleanly_and_the_checkpoint_stays_loadable(tmp_path):
     ckpt = load(out / "ckpt.pt")
     assert ckpt["iter"] >= 1 and ckpt["train_config"]["max_iters"] == 100000
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ learning
