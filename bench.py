@@ -7,6 +7,9 @@ models and scores them).
     python bench.py train --json results/train.json
         training throughput on multi-frame sequences: text tokens/s, peak memory, MFU against a matmul peak
         measured here
+    python bench.py step --json results/step.json
+        train.py's step on its own batches (the nine-task mix: a task per row, so shapes change every step), per
+        fusion and per set of attention kernels: PyTorch's pick (cuDNN's included), all but cuDNN's, math only
     python bench.py table
         the analytic view: parameters, FLOPs per generated token and bytes cached per turn
     python bench.py data --json results/data.json
@@ -22,10 +25,12 @@ import json
 import multiprocessing
 import resource
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
@@ -33,7 +38,7 @@ import figures
 import scenes
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
 from common import (UsageError, build, build_optimizer, check_writable, machine, model_config, param_counts,
-                    parse_fusions, parse_options, pick_device, read_json, run_script)
+                    parse_fusions, parse_options, pick_device, pick_dtype, read_json, run_script)
 
 
 @dataclass
@@ -64,6 +69,31 @@ class TrainOptions(BenchOptions):
     batch_size: int = 8           # clips per step
     max_iters: int = 5            # timed steps
     at_least = dict(frames=1, batch_size=1, max_iters=1)
+
+
+NINE_TASKS = "caption,color,shape,count,position,relation,reading,multi_image,video"  # the staged recipe's mix
+KERNELS = {"all": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                   SDPBackend.MATH],
+           "no_cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+           "math": [SDPBackend.MATH]}
+
+
+@dataclass
+class StepOptions(BenchOptions):
+    device: str = "auto"
+    dtype: str = "auto"           # auto (bf16 autocast on a GPU that has it, as train.py) | float32 | bfloat16
+    tasks: str = NINE_TASKS       # train.py's --tasks
+    frames: int = 8               # video: frames per clip
+    batch_size: int = 32          # conversations per step, as train.py
+    steps: int = 15               # timed steps, each on a batch of its own (after 3 untimed ones)
+    kernels: str = ",".join(KERNELS)  # attention kernels each timing may use: all, no_cudnn, math
+    at_least = dict(frames=1, batch_size=1, steps=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.kernel_list = [k for k in self.kernels.split(",") if k]
+        if not self.kernel_list or set(self.kernel_list) - set(KERNELS):
+            raise ValueError(f"--kernels takes a comma-separated list of {', '.join(KERNELS)}, got {self.kernels!r}")
 
 
 @dataclass
@@ -101,8 +131,8 @@ class DataOptions:
 
 
 COMMANDS = {name: [(f"{name} options", cls), ("model options (VLMConfig, as in train.py)", VLMConfig)]
-            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("table", TableOptions),
-                              ("data", DataOptions))}
+            for name, cls in (("stream", StreamOptions), ("train", TrainOptions), ("step", StepOptions),
+                              ("table", TableOptions), ("data", DataOptions))}
 
 
 def model_for(fusion, overrides, device):
@@ -207,13 +237,7 @@ def train_one(fusion, args, overrides):
     batch = data.collate(convs, tok, size)
     idx, targets, images = batch.idx.to(device), batch.targets.to(device), batch.images.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        _, loss = model(idx, images, targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = functools.partial(train_step, model, optimizer, idx, targets, images)
     step()  # warm-up: allocator, kernels, optimizer state
     with FlopCounterMode(display=False) as counter:
         step()
@@ -232,12 +256,53 @@ def train_one(fusion, args, overrides):
                 images.size(0) * model.config.n_image_tokens if fusion == "insertion" else 0)}
 
 
+def train_step(model, optimizer, idx, targets, images, autocast=None):
+    with autocast or nullcontext():
+        _, loss = model(idx, images, targets)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def muon(model, device):
+    """train.py's optimizer (Muon for the LM blocks' matrices, AdamW for the rest) at its default rates."""
+    return build_optimizer(list(model.named_parameters()), lambda name: 6e-3, ("blocks.",),
+                           SimpleNamespace(optimizer="muon", weight_decay=0.1, lr=6e-3), device.startswith("cuda"))
+
+
+# ------------------------------------------------------------------------------------------------ step
+
+
+def step_one(fusion, args, overrides):
+    """train.py's step, timed on its own kind of batches: a task per row, so nearly every step brings new shapes.
+    Per set of attention kernels, a fresh model (seed 0) takes the same batches."""
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    autocast = None if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
+    model, tok = model_for(fusion, overrides, device)
+    source = source_of(args, args.tasks, model.config.image_size)
+    batches = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(3 + args.steps)]
+    results = {"dtype": str(dtype).removeprefix("torch.")}
+    for kernels in args.kernel_list:
+        model, _ = model_for(fusion, overrides, device)
+        optimizer = muon(model, device)
+        with sdpa_kernel(KERNELS[kernels]):
+            for i, batch in enumerate(batches):
+                if i == 3:  # the first steps warm up: allocator, optimizer state
+                    sync(device)
+                    t0 = time.perf_counter()
+                train_step(model, optimizer, *batch.inputs(device), autocast)
+            sync(device)
+        results[f"ms_per_step_{kernels}"] = 1000 * (time.perf_counter() - t0) / args.steps
+    return results
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 
-def source_of(args, mix, size):
-    """What train.py draws its batches from, for this task mix (train.py's data options, its defaults)."""
-    options = SimpleNamespace(data="synthetic", tasks=MIXES[mix], questions=4, frames=args.frames, text_only=False,
+def source_of(args, tasks, size):
+    """What train.py draws its batches from, for these tasks (train.py's data options, its defaults)."""
+    options = SimpleNamespace(data="synthetic", tasks=tasks, questions=4, frames=args.frames, text_only=False,
                               batch_size=args.batch_size, eval_per_task=1, seed=0)
     return data.Conversations(options, size)
 
@@ -267,11 +332,7 @@ def training_loop(source, tok, model, optimizer, workers, steps, device):
         start = time.perf_counter()
         batch = next(batches)
         waited += time.perf_counter() - start
-        idx, targets, images = batch.inputs(device)
-        _, loss = model(idx, images, targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, *batch.inputs(device))
     sync(device)
     seconds = time.perf_counter() - t0
     return {"ms_per_step": 1000 * seconds / steps, "data_wait_share": waited / seconds}
@@ -284,7 +345,7 @@ def data_bench(args, overrides, device):
     size = model.config.image_size
     results = {"mixes": {}}
     for mix in args.mix_list:
-        source = source_of(args, mix, size)
+        source = source_of(args, MIXES[mix], size)
         t0 = time.process_time()
         for i in range(args.batches):
             data.training_batch(source, tok, 0, 0, 1, i)
@@ -293,9 +354,8 @@ def data_bench(args, overrides, device):
         results["mixes"][mix] = row
         print(f"{mix}: {row['ms_per_batch_one_core']:.1f} ms a batch on one core; batches/s by workers: "
               + ", ".join(f"{w}: {r:.1f}" for w, r in row["batches_per_s"].items()), flush=True)
-    optimizer = build_optimizer(list(model.named_parameters()), lambda name: 6e-3, ("blocks.",),
-                                SimpleNamespace(optimizer="muon", weight_decay=0.1, lr=6e-3))
-    source = source_of(args, "demo", size)
+    optimizer = muon(model, device)
+    source = source_of(args, MIXES["demo"], size)
     results["demo_step"] = {w: training_loop(source, tok, model, optimizer, w, args.steps, device)
                             for w in args.worker_counts}
     for w, r in results["demo_step"].items():
@@ -375,8 +435,9 @@ def main(argv):
             draw_stream(results, args.png)
         results = {"machine": machine(device), "options": asdict(args), "casa_faster_from_turn": turn, **results}
     else:
+        target = train_one if command == "train" else step_one
         results = {"machine": machine(device), "options": asdict(args),
-                   **run_each(train_one, args.fusion_list, args, overrides)}
+                   **run_each(target, args.fusion_list, args, overrides)}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

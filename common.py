@@ -270,7 +270,17 @@ def read_json(path):
 
 
 def pick_device(name):
-    """auto = cuda, else mps, else cpu. A device this machine does not have is refused, with the reason."""
+    """auto = cuda, else mps, else cpu. A device this machine does not have is refused, with the reason.
+    On CUDA, attention runs without cuDNN's kernels: they build an execution plan for every new shape, and shapes
+    here change nearly every step (a task per row, a growing cache), which made a training step 2-12x slower on an
+    H200 (results/gpu.md, `bench.py step`). PyTorch's flash and memory-efficient kernels need no plan."""
+    device = checked_device(name)
+    if device.startswith("cuda"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return device
+
+
+def checked_device(name):
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"

@@ -122,7 +122,7 @@ def test_commands(capsys):
         parse_options(["train", "--iters=1"], None, "doc", COMMANDS)
     with pytest.raises(SystemExit) as e:
         parse_options([], None, "doc", COMMANDS)
-    assert e.value.code == 2 and "commands: stream, train, table" in capsys.readouterr().out
+    assert e.value.code == 2 and "commands: stream, train, step, table" in capsys.readouterr().out
 
 
 def test_lr_schedule():
@@ -168,6 +168,19 @@ def test_a_device_this_machine_lacks_is_refused():
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+def test_cuda_attention_runs_without_cudnn_kernels(monkeypatch):
+    """cuDNN's attention builds a plan per new shape: a training step 2-12x slower on an H200 (results/gpu.md)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert pick_device("cpu") == "cpu" and torch.backends.cuda.cudnn_sdp_enabled()
+        assert pick_device("cuda") == "cuda" and not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
 
 
 @NO_CUDA
