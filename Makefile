@@ -47,13 +47,15 @@ paper: setup
 	$(PY) experiments.py paper
 
 # The GPU path in one command, on a machine with a CUDA GPU (README: On a GPU): the tests; the data feed (batches/s
-# by workers, the loop's wait for data); training throughput; the demo recipe timed to accuracy with bf16 autocast
-# and torch.compile, with Muon and with fused AdamW. Results in results/*_gpu.*.
-GPU_TRAIN_ARGS ?= $(DEMO_ARGS) --eval_interval=25 --compile=true
+# by workers, the loop's wait for data); training throughput; train.py's step per set of attention kernels; the
+# demo recipe timed to accuracy with bf16 autocast, with Muon and with fused AdamW (not torch.compile: on an H200 it
+# logged no iteration in 120 s, the shapes changing every batch; results/gpu.md). Results in results/*_gpu.*.
+GPU_TRAIN_ARGS ?= $(DEMO_ARGS) --eval_interval=25
 gpu: setup
 	$(PY) -m pytest -q tests
 	$(PY) bench.py data --device=cuda --workers=0,4,8,15 --json=results/data_gpu.json
 	$(PY) bench.py train --device=cuda --json=results/train_gpu.json
+	$(PY) bench.py step --device=cuda --json=results/step_gpu.json
 	$(PY) experiments.py learn --fusions=casa --vision_iters=800 --out_dir=out-gpu/muon \
 	    --train_args="$(GPU_TRAIN_ARGS)" --json=results/learn_gpu.json --png=results/learn_gpu.png
 	$(PY) experiments.py learn --fusions=casa --vision_iters=800 --out_dir=out-gpu/adamw \
