@@ -1,8 +1,8 @@
 """What every test file shares: the repository root, the environment scripts run in, two ways to run a script, the
 checks of a clean run and of a one-line error, the tiny model's options and two tiny checkpoints.
 
-Every run uses one thread (OMP_NUM_THREADS=1): runs are reproducible, and the two that often run at once (a
-ThreadPoolExecutor of 2) do not fight over the cores."""
+Every run uses one thread (OMP_NUM_THREADS=1) and the CPU, even on a GPU machine: runs are reproducible, and the two
+that often run at once (a ThreadPoolExecutor of 2) do not fight over the cores."""
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -15,6 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, here and in every process started from here
+# The suite checks exact CPU behaviour, as CI runs it. On a GPU machine --device=auto would pick the GPU, with bf16
+# autocast and kernels that are not bitwise reproducible (a resumed run's losses, say); `make gpu` checks the GPU.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
