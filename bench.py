@@ -265,7 +265,7 @@ def train_step(model, optimizer, idx, targets, images, autocast=None):
 
 
 def muon(model, device):
-    """train.py's optimizer (Muon for the LM blocks' matrices, AdamW for the rest) at its default rates."""
+    """train.py's optimizer (Muon for the LM blocks' matrices, AdamW for the rest) at the recipes' rate."""
     return build_optimizer(list(model.named_parameters()), lambda name: 6e-3, ("blocks.",),
                            SimpleNamespace(optimizer="muon", weight_decay=0.1, lr=6e-3), device.startswith("cuda"))
 
@@ -279,8 +279,8 @@ def step_one(fusion, args, overrides):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     autocast = None if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
-    model, tok = model_for(fusion, overrides, device)
-    source = source_of(args, args.tasks, model.config.image_size)
+    tok = data.Tokenizer()
+    source = source_of(args, args.tasks, model_config(overrides, tok).image_size)
     batches = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(3 + args.steps)]
     results = {"dtype": str(dtype).removeprefix("torch.")}
     for kernels in args.kernel_list:
