@@ -76,6 +76,7 @@ KERNELS = {"all": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBa
                    SDPBackend.MATH],
            "no_cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
            "math": [SDPBackend.MATH]}
+WARMUP_STEPS = 3  # bench.py step: untimed steps before the clock starts
 
 
 @dataclass
@@ -85,7 +86,7 @@ class StepOptions(BenchOptions):
     tasks: str = NINE_TASKS       # train.py's --tasks
     frames: int = 8               # video: frames per clip
     batch_size: int = 32          # conversations per step, as train.py
-    steps: int = 15               # timed steps, each on a batch of its own (after 3 untimed ones)
+    steps: int = 15               # timed steps, each on a batch of its own (after WARMUP_STEPS untimed ones)
     kernels: str = ",".join(KERNELS)  # attention kernels each timing may use: all, no_cudnn, math
     at_least = dict(frames=1, batch_size=1, steps=1)
 
@@ -281,14 +282,14 @@ def step_one(fusion, args, overrides):
     autocast = None if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
     tok = data.Tokenizer()
     source = source_of(args, args.tasks, model_config(overrides, tok).image_size)
-    batches = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(3 + args.steps)]
+    batches = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(WARMUP_STEPS + args.steps)]
     results = {"dtype": str(dtype).removeprefix("torch.")}
     for kernels in args.kernel_list:
         model, _ = model_for(fusion, overrides, device)
         optimizer = muon(model, device)
         with sdpa_kernel(KERNELS[kernels]):
             for i, batch in enumerate(batches):
-                if i == 3:  # the first steps warm up: allocator, optimizer state
+                if i == WARMUP_STEPS:  # the first steps warm up: allocator, optimizer state
                     sync(device)
                     t0 = time.perf_counter()
                 train_step(model, optimizer, *batch.inputs(device), autocast)

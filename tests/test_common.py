@@ -5,6 +5,7 @@ import ast
 import os
 import re
 import signal
+from contextlib import contextmanager
 from dataclasses import fields
 
 import pytest
@@ -153,37 +154,40 @@ def test_device_and_dtype_names_are_checked():
             pick_dtype(name, "cpu")
 
 
-def test_a_device_this_machine_lacks_is_refused():
-    if torch.cuda.is_available():
-        assert pick_device("cuda") == "cuda"
-        with pytest.raises(UsageError, match=r"this machine has \d+ CUDA GPU"):
-            pick_device(f"cuda:{torch.cuda.device_count()}")
-    else:
-        for name in ("cuda", "cuda:1"):
-            with pytest.raises(UsageError, match=f"--device={name}: this machine has no CUDA GPU"):
-                pick_device(name)
+def test_a_device_this_machine_lacks_is_refused(monkeypatch):
+    """Both sides on every machine (the suite hides any real GPU: conftest.py)."""
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(UsageError, match=f"--device={name}: this machine has no CUDA GPU"):
+            pick_device(name)
     if not torch.backends.mps.is_available():
         with pytest.raises(UsageError, match="MPS is not available"):
             pick_device("mps")
-
-
-NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+    with one_fake_gpu(monkeypatch):
+        assert pick_device("cuda") == "cuda"
+        with pytest.raises(UsageError, match=r"--device=cuda:1: this machine has 1 CUDA GPU"):
+            pick_device("cuda:1")
 
 
 def test_cuda_attention_runs_without_cudnn_kernels(monkeypatch):
     """cuDNN's attention builds a plan per new shape: a training step 2-12x slower on an H200 (results/gpu.md)."""
+    with one_fake_gpu(monkeypatch):
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert pick_device("cpu") == "cpu" and torch.backends.cuda.cudnn_sdp_enabled()
+        assert pick_device("cuda") == "cuda" and not torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@contextmanager
+def one_fake_gpu(monkeypatch):
+    """torch reports one CUDA GPU; the global attention-kernel switch pick_device turns is put back afterwards."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     was = torch.backends.cuda.cudnn_sdp_enabled()
     try:
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        assert pick_device("cpu") == "cpu" and torch.backends.cuda.cudnn_sdp_enabled()
-        assert pick_device("cuda") == "cuda" and not torch.backends.cuda.cudnn_sdp_enabled()
+        yield
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 
-@NO_CUDA
 @pytest.mark.parametrize("script, args", [
     ("train.py", ["--out_dir={tmp}/out"]),
     ("sample.py", ["--ckpt={ckpt}", "--scene=1"]),
