@@ -7,8 +7,8 @@ common.py: what every casa script stands on, so that the scripts are peers and n
     machine                       what a measurement ran on
     pick_device, pick_dtype       device and precision
     param_counts                  a model's parameters per part
-    evaluate                      validation loss and exact-match accuracy per task (training's evals, the choices
-                                  experiments.py makes on the validation conversations)
+    evaluate, scores              validation loss and exact-match accuracy per task (training's evals); a
+                                  checkpoint's held-out, shifted, blind or validation accuracy (experiments.py)
     write_atomic, save_checkpoint, load_checkpoint, load_model, build_model, resume_checkpoint
                                   checkpoints: atomic writes that an interrupt waits for, checked reads (the
                                   memory a model needs checked before it is built), one resume path
@@ -16,6 +16,7 @@ common.py: what every casa script stands on, so that the scripts are peers and n
     progress_bar                  a bar on a terminal, nothing in a log file
     lock_out_dir, check_writable  refuse a busy out_dir or an output path that cannot be written, before the work
     caption_stream                live captioning: frames through one persistent cache
+    caption_scores                live captions of held-out clips scored frame by frame (experiments.py captions)
 """
 import difflib
 import fcntl
@@ -29,13 +30,15 @@ import tempfile
 import threading
 import time
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 import data
+import scenes
 from casa import FUSIONS, VLM, VLMConfig
 
 # the model options a script may set; vocab_size and image_token_id come from the tokenizer
@@ -488,6 +491,21 @@ def evaluate(model, batches, device, autocast):
     return sum(losses) / max(1, len(losses)), {t: hits[t] / totals[t] for t in sorted(totals)}
 
 
+def scores(ckpt_path, n_per_task, looks=("default",), blind=False, seed0=scenes.EVAL_SEED0):
+    """A checkpoint's exact match per task (evaluate) on n_per_task conversations of each task it trained on (clips
+    of its training length), in each look: {look: {task: accuracy}}, with blind: also on gray images ("blind");
+    with one look and no blind, just {task: accuracy}."""
+    model, tok, ckpt = load_model(ckpt_path, "cpu")
+    size, cfg = model.config.image_size, ckpt["train_config"]
+    tasks = scenes.parse_tasks(cfg["tasks"])
+    def accuracy(style, gray):
+        convs = scenes.eval_conversations(n_per_task, size, tasks, style, cfg["frames"], seed0=seed0)
+        convs = [scenes.as_text(c) for c in convs] if cfg["text_only"] else convs  # as train.py's eval
+        return evaluate(model, data.eval_batches(convs, tok, size, gray), "cpu", nullcontext())[1]
+    result = {look: accuracy(look, False) for look in looks} | ({"blind": accuracy("default", True)} if blind else {})
+    return result if len(result) > 1 else result[looks[0]]
+
+
 def param_counts(model):
     """A VLM's parameters per part; 'fusion': what the fusion layers add (only norms when they share
     weights). Tied weights are listed once."""
@@ -555,3 +573,48 @@ def caption_stream(model, tok, frames, device, max_new_tokens=60, max_text=None,
         if out[0, -1] != tok.eos_id:  # cut off by max_new_tokens: still close the frame in the cache
             model(stop, cache=cache)
         yield tok.decode([i for i in out[0].tolist() if i != tok.eos_id]), time.perf_counter() - start, cache
+
+
+def named(caption):
+    """The colours and shapes a caption names: the softer score asks only for these."""
+    return sorted(w for w in caption.split() if w in scenes.COLORS or w in scenes.SHAPES)
+
+
+CAPTION_KINDS = {"moves": " moves to the ", "appears": " appears at the ", "disappears": " disappears",
+                 "turns": " turns "}  # the one change a caption after frame 0 names (scenes._video_step)
+CACHE_AT = (8, 16, 32, 64)  # frames after which the cache is weighed (and after a clip's last)
+
+
+def caption_kind(caption):
+    """What a reference caption of scenes.make_clip says: one change (CAPTION_KINDS), or the frame in full."""
+    return next((kind for kind, words in CAPTION_KINDS.items() if words in caption), "full")
+
+
+def caption_scores(ckpt_path, n_clips, frames, max_text=None, style="default"):
+    """Held-out clips (drawn in `style`) streamed through the live-captioning path, frame by frame, keeping the
+    latest max_text text tokens: exact match, overall and per kind of caption, and the share of frames whose
+    caption names the right colours and shapes, for the real frames and for blank ones (the blind baseline);
+    milliseconds per frame, the cache after the last clip and its most bytes over the clips at CACHE_AT."""
+    model, tok, _ = load_model(ckpt_path, "cpu")
+    size, scores = model.config.image_size, {"fusion": model.config.fusion}
+    clips = [scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames, style) for i in range(n_clips)]
+    gray = Image.new("RGB", (size, size), data.GRAY)
+    for blind in (False, True):
+        rows, bytes_at = [], {}  # rows: (kind, exact, names right, seconds) per frame
+        for clip in clips:
+            shown = [gray if blind else turn.images[0] for turn in clip.turns]
+            stream = caption_stream(model, tok, shown, "cpu", 24, max_text)
+            for f, (turn, (said, s, cache)) in enumerate(zip(clip.turns, stream), 1):
+                rows.append((caption_kind(turn.answer), said == turn.answer, named(said) == named(turn.answer), s))
+                if f in CACHE_AT or f == frames:
+                    bytes_at[f] = max(bytes_at.get(f, 0), cache.stats()["bytes"])
+        share = lambda col, of: sum(r[col] for r in of) / len(of)
+        prefix = "blind_" if blind else ""
+        scores.update({f"{prefix}exact": share(1, rows), f"{prefix}soft": share(2, rows)})
+        if not blind:
+            stats, kinds = cache.stats(), {k: [r for r in rows if r[0] == k] for k in ("full", *CAPTION_KINDS)}
+            scores.update(frames=len(rows), ms_per_frame=1000 * sum(r[3] for r in rows) / len(rows),
+                          cache_tokens=stats["tokens"], cache_bytes=stats["bytes"], cache_bytes_at=bytes_at,
+                          by_kind={k: {"frames": len(of), "exact": share(1, of) if of else None}
+                                   for k, of in kinds.items()})
+    return scores

@@ -13,6 +13,9 @@ untrained models; these train).
     python experiments.py captions --ckpt=out-video/ckpt.pt --frames=64 --max_text=160 --json=captions.json
         live captions of held-out clips streamed through one cache (sample.py --video's path), scored frame by
         frame: exact match, overall and per kind of caption; the blind baseline; the cache's bytes as a clip goes on
+    python experiments.py score --ckpt=out/ckpt.pt --n=512 --json=score.json
+        a checkpoint's exact match per task on more held-out conversations than train.py's eval (its first 64 are
+        those), in the default and the shifted look, and blind
 
 Every run is a job of one runner (run_jobs): a process of its own, keeping its folder in --out_dir (checkpoint,
 log, stdout.txt), so a rerun resumes what was interrupted and skips what is done; with every run done, a rerun only
@@ -27,7 +30,6 @@ import shlex
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 from PIL import Image
@@ -36,8 +38,8 @@ import data
 import figures
 import scenes
 from casa import FUSIONS, VLMConfig, check_fields
-from common import (UsageError, build, caption_stream, check_writable, evaluate, load_checkpoint, load_model,
-                    machine, model_config, parse_fusions, parse_options, read_json, run_script, save_json)
+from common import (UsageError, build, caption_scores, check_writable, load_checkpoint, machine, model_config,
+                    parse_fusions, parse_options, read_json, run_script, save_json, scores)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -95,10 +97,21 @@ class CaptionOptions:
             raise ValueError(f"--style is one of {', '.join(scenes.STYLES)}, got {self.style!r}")
 
 
+@dataclass
+class ScoreOptions:
+    ckpt: str = "out/ckpt.pt"     # a train.py checkpoint; it is scored on the tasks it trained on
+    n: int = 512                  # held-out conversations per task: seeds EVAL_SEED0 + i, as train.py's eval
+    json: str = ""                # write the scores here
+
+    def __post_init__(self):
+        check_fields(self, at_least=dict(n=1))
+
+
 MODEL_OPTIONS = ("model options (VLMConfig, as in train.py)", VLMConfig)
 COMMANDS = {"learn": [("learn options", LearnOptions), MODEL_OPTIONS],
             "paper": [("paper options", PaperOptions), MODEL_OPTIONS],
-            "captions": [("captions options", CaptionOptions)]}  # the checkpoint says what the model is
+            "captions": [("captions options", CaptionOptions)],
+            "score": [("score options", ScoreOptions)]}  # the checkpoint says what the model is
 
 
 # ------------------------------------------------------------------------------------------------ the job runner
@@ -310,10 +323,7 @@ def validation_accuracy(job, n_per_task):
     tables report was never a criterion of choice."""
     path = os.path.join(job.out_dir, "validation.json")
     if not os.path.exists(path):
-        model, tok, ckpt = load_model(os.path.join(job.out_dir, "ckpt.pt"), "cpu")
-        size, tasks = model.config.image_size, scenes.parse_tasks(ckpt["train_config"]["tasks"])
-        convs = scenes.eval_conversations(n_per_task, size, tasks, seed0=scenes.VALIDATION_SEED0)
-        save_json(path, evaluate(model, data.eval_batches(convs, tok, size), "cpu", nullcontext())[1])
+        save_json(path, scores(os.path.join(job.out_dir, "ckpt.pt"), n_per_task, seed0=scenes.VALIDATION_SEED0))
     return read_json(path)
 
 
@@ -322,51 +332,6 @@ def summary(accuracy):
     mean = lambda tasks: sum(accuracy[t] for t in tasks) / len(tasks)
     return {**accuracy, "coarse": mean(COARSE_TASKS), "fine": mean(FINE_TASKS),
             "mean": mean(COARSE_TASKS + FINE_TASKS)}
-
-
-def named(caption):
-    """The colours and shapes a caption names: the softer score asks only for these."""
-    return sorted(w for w in caption.split() if w in scenes.COLORS or w in scenes.SHAPES)
-
-
-CAPTION_KINDS = {"moves": " moves to the ", "appears": " appears at the ", "disappears": " disappears",
-                 "turns": " turns "}  # the one change a caption after frame 0 names (scenes._video_step)
-CACHE_AT = (8, 16, 32, 64)  # frames after which the cache is weighed (and after a clip's last)
-
-
-def caption_kind(caption):
-    """What a reference caption of scenes.make_clip says: one change (CAPTION_KINDS), or the frame in full."""
-    return next((kind for kind, words in CAPTION_KINDS.items() if words in caption), "full")
-
-
-def caption_scores(ckpt_path, n_clips, frames, max_text=None, style="default"):
-    """Held-out clips (drawn in `style`) streamed through the live-captioning path, frame by frame, keeping the
-    latest max_text text tokens: exact match, overall and per kind of caption, and the share of frames whose
-    caption names the right colours and shapes, for the real frames and for blank ones (the blind baseline);
-    milliseconds per frame, the cache after the last clip and its most bytes over the clips at CACHE_AT."""
-    model, tok, _ = load_model(ckpt_path, "cpu")
-    size, scores = model.config.image_size, {"fusion": model.config.fusion}
-    clips = [scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames, style) for i in range(n_clips)]
-    gray = Image.new("RGB", (size, size), data.GRAY)
-    for blind in (False, True):
-        rows, bytes_at = [], {}  # rows: (kind, exact, names right, seconds) per frame
-        for clip in clips:
-            shown = [gray if blind else turn.images[0] for turn in clip.turns]
-            stream = caption_stream(model, tok, shown, "cpu", 24, max_text)
-            for f, (turn, (said, s, cache)) in enumerate(zip(clip.turns, stream), 1):
-                rows.append((caption_kind(turn.answer), said == turn.answer, named(said) == named(turn.answer), s))
-                if f in CACHE_AT or f == frames:
-                    bytes_at[f] = max(bytes_at.get(f, 0), cache.stats()["bytes"])
-        share = lambda col, of: sum(r[col] for r in of) / len(of)
-        prefix = "blind_" if blind else ""
-        scores.update({f"{prefix}exact": share(1, rows), f"{prefix}soft": share(2, rows)})
-        if not blind:
-            stats, kinds = cache.stats(), {k: [r for r in rows if r[0] == k] for k in ("full", *CAPTION_KINDS)}
-            scores.update(frames=len(rows), ms_per_frame=1000 * sum(r[3] for r in rows) / len(rows),
-                          cache_tokens=stats["tokens"], cache_bytes=stats["bytes"], cache_bytes_at=bytes_at,
-                          by_kind={k: {"frames": len(of), "exact": share(1, of) if of else None}
-                                   for k, of in kinds.items()})
-    return scores
 
 
 def caption_table(c, args):
@@ -672,6 +637,8 @@ def main(argv):
         results = learn(args, overrides)
     elif command == "paper":
         results = paper(args, overrides)
+    elif command == "score":
+        results = scores(args.ckpt, args.n, tuple(scenes.STYLES), blind=True)
     else:
         results = caption_scores(args.ckpt, args.clips, args.frames, args.max_text, args.style)
     if command == "learn":
@@ -687,6 +654,11 @@ def main(argv):
                 f.write(tables)
         if args.png:
             draw_bars(results, args.png)
+    elif command == "score":
+        print(f"{args.ckpt}: exact match on {args.n} held-out conversations per task, in %")
+        print(f"{'task':<12}" + "".join(f"{look:>9}" for look in results))
+        for task in results["default"]:
+            print(f"{task:<12}" + "".join(f"{percent(r[task]):>9}" for r in results.values()))
     else:
         print(caption_table(results, args))
     if args.json and not redraw:

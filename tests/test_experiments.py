@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import casa
+import common
 import experiments
 import scenes
 from conftest import MODEL, check_bad_option, load, ok, run, run_bad_options, run_preloaded
@@ -94,6 +95,8 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "captions_missing_ckpt": (["captions", "--ckpt={tmp}/none.pt"], "no checkpoint at {tmp}/none.pt"),
     "captions_model_option": (["captions", "--n_embd=64"], "unknown option --n_embd"),
     "captions_json_in_a_missing_folder": (["captions", "--json=/missing/c.json"], "no such directory /missing"),
+    "score_n_0": (["score", "--n=0"], "n must be >= 1, got 0"),
+    "score_missing_ckpt": (["score", "--ckpt={tmp}/none.pt"], "no checkpoint at {tmp}/none.pt"),
 }
 
 
@@ -112,9 +115,9 @@ def test_bad_options_are_one_line_before_any_run(bad_runs, name):
 
 def test_caption_kind_names_each_change_a_clip_has():
     clips = [scenes.make_clip(scenes.EVAL_SEED0 + i, 64, 64) for i in range(4)]
-    kinds = [[experiments.caption_kind(t.answer) for t in clip.turns] for clip in clips]
+    kinds = [[common.caption_kind(t.answer) for t in clip.turns] for clip in clips]
     assert all(k[0] == "full" for k in kinds)  # frame 0 describes the frame
-    assert {k for clip in kinds for k in clip} == {"full", *experiments.CAPTION_KINDS}
+    assert {k for clip in kinds for k in clip} == {"full", *common.CAPTION_KINDS}
     for clip, clip_kinds in zip(clips, kinds):
         for turn, kind in zip(clip.turns, clip_kinds):
             names_a_cell = any(turn.answer.endswith(cell) for cell in scenes.CELLS)
@@ -135,14 +138,14 @@ def test_caption_scores_match_each_frame_with_its_caption(tiny_ckpt, monkeypatch
         cache = model.new_cache(max_text)
         for frame in frames:
             said = truth.get(id(frame), "")
-            yield (said if experiments.caption_kind(said) == "moves" else ""), 0.001, cache
+            yield (said if common.caption_kind(said) == "moves" else ""), 0.001, cache
 
     real_make_clip = scenes.make_clip
     monkeypatch.setattr(scenes, "make_clip", make_clip)
-    monkeypatch.setattr(experiments, "caption_stream", stream)
-    c = experiments.caption_scores(str(tiny_ckpt), 3, 20, max_text=40)
+    monkeypatch.setattr(common, "caption_stream", stream)
+    c = common.caption_scores(str(tiny_ckpt), 3, 20, max_text=40)
     kinds = c["by_kind"]
-    assert list(kinds) == ["full", *experiments.CAPTION_KINDS] and c["frames"] == 60
+    assert list(kinds) == ["full", *common.CAPTION_KINDS] and c["frames"] == 60
     assert sum(k["frames"] for k in kinds.values()) == 60 and kinds["moves"]["frames"] > 0
     assert kinds["moves"]["exact"] == 1 and c["exact"] == kinds["moves"]["frames"] / 60
     assert all(k["exact"] in (0, None) for name, k in kinds.items() if name != "moves")
@@ -176,8 +179,24 @@ def test_captions_command_prints_a_table_and_writes_json(tiny_ckpt, tmp_path):
     assert {"exact", "soft", "blind_exact", "blind_soft", "ms_per_frame", "cache_tokens", "cache_bytes"} <= set(c)
     lines = r.stdout.splitlines()
     assert "2 held-out clips of 9 frames (shifted look), the cache keeping the latest 40 text tokens" in lines[0]
-    assert [line.split()[0] for line in lines[2:8]] == ["all", "full", *experiments.CAPTION_KINDS]
+    assert [line.split()[0] for line in lines[2:8]] == ["all", "full", *common.CAPTION_KINDS]
     assert lines[-1].startswith("cache bytes after frame 8: ")
+
+
+def test_score_command_scores_every_task_in_each_look_and_blind(tiny_ckpt, tmp_path):
+    """train.py's exact match on more held-out conversations: the first n of the held-out seeds, per task the
+    checkpoint trained on, in the default and the shifted look and on gray images; a table and the JSON."""
+    out = tmp_path / "s.json"
+    r = ok(run_preloaded("experiments.py", "score", f"--ckpt={tiny_ckpt}", "--n=3", f"--json={out}"))
+    s = json.loads(out.read_text())
+    tasks = sorted(scenes.parse_tasks(load(tiny_ckpt)["train_config"]["tasks"]))
+    assert [k for k in s if k not in ("machine", "options")] == ["default", "shifted", "blind"]
+    assert all(sorted(s[look]) == tasks and all(a in (0, 1 / 3, 2 / 3, 1) for a in s[look].values())
+               for look in ("default", "shifted", "blind"))
+    lines = r.stdout.splitlines()
+    assert "3 held-out conversations per task" in lines[0] and lines[1].split() == ["task", "default", "shifted",
+                                                                                     "blind"]
+    assert [line.split()[0] for line in lines[2:]] == tasks
 
 
 # ------------------------------------------------------------------------------------------------ paper
