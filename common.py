@@ -590,14 +590,15 @@ def caption_kind(caption):
     return next((kind for kind, words in CAPTION_KINDS.items() if words in caption), "full")
 
 
-def caption_scores(ckpt_path, n_clips, frames, max_text=None, style="default"):
+def caption_scores(ckpt_path, n_clips, frames, max_text=None, style="default", seed0=scenes.EVAL_SEED0):
     """Held-out clips (drawn in `style`) streamed through the live-captioning path, frame by frame, keeping the
     latest max_text text tokens: exact match, overall and per kind of caption, and the share of frames whose
     caption names the right colours and shapes, for the real frames and for blank ones (the blind baseline);
-    milliseconds per frame, the cache after the last clip and its most bytes over the clips at CACHE_AT."""
+    milliseconds per frame, the cache after the last clip and its most bytes over the clips at CACHE_AT.
+    seed0=scenes.VALIDATION_SEED0: the validation clips instead, for choices that keep the held-out clips unseen."""
     model, tok, _ = load_model(ckpt_path, "cpu")
-    size, scores = model.config.image_size, {"fusion": model.config.fusion}
-    clips = [scenes.make_clip(scenes.EVAL_SEED0 + i, size, frames, style) for i in range(n_clips)]
+    size, result = model.config.image_size, {"fusion": model.config.fusion}
+    clips = [scenes.make_clip(seed0 + i, size, frames, style) for i in range(n_clips)]
     gray = Image.new("RGB", (size, size), data.GRAY)
     for blind in (False, True):
         rows, bytes_at = [], {}  # rows: (kind, exact, names right, seconds) per frame
@@ -610,11 +611,11 @@ def caption_scores(ckpt_path, n_clips, frames, max_text=None, style="default"):
                     bytes_at[f] = max(bytes_at.get(f, 0), cache.stats()["bytes"])
         share = lambda col, of: sum(r[col] for r in of) / len(of)
         prefix = "blind_" if blind else ""
-        scores.update({f"{prefix}exact": share(1, rows), f"{prefix}soft": share(2, rows)})
+        result.update({f"{prefix}exact": share(1, rows), f"{prefix}soft": share(2, rows)})
         if not blind:
             stats, kinds = cache.stats(), {k: [r for r in rows if r[0] == k] for k in ("full", *CAPTION_KINDS)}
-            scores.update(frames=len(rows), ms_per_frame=1000 * sum(r[3] for r in rows) / len(rows),
+            result.update(frames=len(rows), ms_per_frame=1000 * sum(r[3] for r in rows) / len(rows),
                           cache_tokens=stats["tokens"], cache_bytes=stats["bytes"], cache_bytes_at=bytes_at,
                           by_kind={k: {"frames": len(of), "exact": share(1, of) if of else None}
                                    for k, of in kinds.items()})
-    return scores
+    return result

@@ -89,6 +89,8 @@ class CaptionOptions:
     frames: int = 8               # frames per clip
     max_text: int | None = None   # keep only the latest N text tokens in the cache (sample.py --max_text)
     style: str = "default"        # how the clips are drawn: default, or shifted (never seen in training)
+    validation: bool = False      # the validation clips instead (seeds VALIDATION_SEED0 + i): for choosing an
+                                  # option, such as --max_text, without looking at the held-out clips
     json: str = ""                # write the scores here
 
     def __post_init__(self):
@@ -337,7 +339,7 @@ def summary(accuracy):
 def caption_table(c, args):
     """The scores of caption_scores as lines of text."""
     window = f"the latest {args.max_text} text tokens" if args.max_text else "all the text"
-    rows = [f"{c['fusion']} ({args.ckpt}): {args.clips} held-out clips of {args.frames} frames ({args.style} look), "
+    rows = [f"{c['fusion']} ({args.ckpt}): {args.clips} {'validation' if args.validation else 'held-out'} clips of {args.frames} frames ({args.style} look), "
             f"the cache keeping {window}", f"{'caption':<12} {'frames':>6} {'exact':>7}",
             f"{'all':<12} {c['frames']:>6} {percent(c['exact']) + '%':>7}"]
     rows += [f"{k:<12} {r['frames']:>6} {'-' if r['exact'] is None else percent(r['exact']) + '%':>7}"
@@ -640,7 +642,8 @@ def main(argv):
     elif command == "score":
         results = scores(args.ckpt, args.n, tuple(scenes.STYLES), blind=True)
     else:
-        results = caption_scores(args.ckpt, args.clips, args.frames, args.max_text, args.style)
+        results = caption_scores(args.ckpt, args.clips, args.frames, args.max_text, args.style,
+                                 scenes.VALIDATION_SEED0 if args.validation else scenes.EVAL_SEED0)
     if command == "learn":
         runs = {k: v for k, v in results.items() if k in FUSIONS}
         print(learn_table(runs))

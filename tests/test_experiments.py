@@ -127,9 +127,10 @@ def test_caption_kind_names_each_change_a_clip_has():
 def test_caption_scores_match_each_frame_with_its_caption(tiny_ckpt, monkeypatch):
     """A stream that says the right caption for every real frame of one kind ("moves") and nothing otherwise: exact
     is that kind's share of the frames, 100% for it and 0 for the others; gray frames get nothing (blind 0)."""
-    truth = {}
+    truth, seeds = {}, []
 
     def make_clip(*args):
+        seeds.append(args[0])
         clip = real_make_clip(*args)
         truth.update({id(t.images[0]): t.answer for t in clip.turns})
         return clip
@@ -150,7 +151,10 @@ def test_caption_scores_match_each_frame_with_its_caption(tiny_ckpt, monkeypatch
     assert kinds["moves"]["exact"] == 1 and c["exact"] == kinds["moves"]["frames"] / 60
     assert all(k["exact"] in (0, None) for name, k in kinds.items() if name != "moves")
     assert c["blind_exact"] == 0 and c["soft"] >= c["exact"]
-    assert list(c["cache_bytes_at"]) == [8, 16, 20]
+    assert list(c["cache_bytes_at"]) == [8, 16, 20] and seeds == [scenes.EVAL_SEED0 + i for i in range(3)]
+    seeds.clear()  # the validation clips, for choices: other seeds
+    common.caption_scores(str(tiny_ckpt), 2, 3, seed0=scenes.VALIDATION_SEED0)
+    assert seeds == [scenes.VALIDATION_SEED0, scenes.VALIDATION_SEED0 + 1]
 
 
 def test_validation_accuracy_scores_the_validation_seeds_once(tiny_ckpt, tmp_path, monkeypatch):
@@ -174,7 +178,7 @@ def test_captions_command_prints_a_table_and_writes_json(tiny_ckpt, tmp_path):
                          "--max_text=40", "--style=shifted", f"--json={out}"))
     c = json.loads(out.read_text())
     assert c["options"] == {"ckpt": str(tiny_ckpt), "clips": 2, "frames": 9, "max_text": 40, "style": "shifted",
-                            "json": str(out)}
+                            "validation": False, "json": str(out)}
     assert c["fusion"] == "casa" and c["frames"] == 18 and list(c["cache_bytes_at"]) == ["8", "9"]
     assert {"exact", "soft", "blind_exact", "blind_soft", "ms_per_frame", "cache_tokens", "cache_bytes"} <= set(c)
     lines = r.stdout.splitlines()
