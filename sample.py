@@ -42,7 +42,8 @@ class SampleConfig:
     fps: float = 2.0            # frame rate of a folder or synthetic clip
     srt: str = ""               # with --video: write the captions as subtitles
     gif: str = ""               # with --video: write the clip with each frame's caption under it
-    max_text: int | None = None  # with --video: keep only the latest N text tokens in the cache (bounded memory)
+    max_text: int | None = None  # with --video: keep only the latest N text tokens in the cache (bounded memory;
+                                 # about the text of one training clip reads best: README, the text window)
     attention_png: str = ""     # with one question: draw which patches of its (last) image the answer looked at
     temperature: float = 0.0    # 0 = greedy
     top_k: int | None = None    # sample only from the k most likely tokens
