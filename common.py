@@ -493,17 +493,16 @@ def evaluate(model, batches, device, autocast):
 
 def scores(ckpt_path, n_per_task, looks=("default",), blind=False, seed0=scenes.EVAL_SEED0):
     """A checkpoint's exact match per task (evaluate) on n_per_task conversations of each task it trained on (clips
-    of its training length), in each look: {look: {task: accuracy}}, with blind: also on gray images ("blind");
-    with one look and no blind, just {task: accuracy}."""
+    of its training length), {look: {task: accuracy}} for each look, and with blind also "blind": on gray images."""
     model, tok, ckpt = load_model(ckpt_path, "cpu")
     size, cfg = model.config.image_size, ckpt["train_config"]
-    tasks = scenes.parse_tasks(cfg["tasks"])
-    def accuracy(style, gray):
-        convs = scenes.eval_conversations(n_per_task, size, tasks, style, cfg["frames"], seed0=seed0)
+
+    def accuracy(style, gray=False):
+        convs = scenes.eval_conversations(n_per_task, size, scenes.parse_tasks(cfg["tasks"]), style, cfg["frames"],
+                                          seed0=seed0)
         convs = [scenes.as_text(c) for c in convs] if cfg["text_only"] else convs  # as train.py's eval
         return evaluate(model, data.eval_batches(convs, tok, size, gray), "cpu", nullcontext())[1]
-    result = {look: accuracy(look, False) for look in looks} | ({"blind": accuracy("default", True)} if blind else {})
-    return result if len(result) > 1 else result[looks[0]]
+    return {look: accuracy(look) for look in looks} | ({"blind": accuracy("default", gray=True)} if blind else {})
 
 
 def param_counts(model):

@@ -325,7 +325,8 @@ def validation_accuracy(job, n_per_task):
     tables report was never a criterion of choice."""
     path = os.path.join(job.out_dir, "validation.json")
     if not os.path.exists(path):
-        save_json(path, scores(os.path.join(job.out_dir, "ckpt.pt"), n_per_task, seed0=scenes.VALIDATION_SEED0))
+        save_json(path, scores(os.path.join(job.out_dir, "ckpt.pt"), n_per_task,
+                               seed0=scenes.VALIDATION_SEED0)["default"])
     return read_json(path)
 
 
