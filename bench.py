@@ -37,8 +37,8 @@ import data
 import figures
 import scenes
 from casa import FUSIONS, VLM, VLMConfig, check_fields, pick
-from common import (UsageError, build, build_optimizer, check_writable, machine, model_config, param_counts,
-                    parse_fusions, parse_options, pick_device, pick_dtype, read_json, run_script)
+from common import (UsageError, build, build_optimizer, check_writable, image_tokens_in_rows, machine, model_config,
+                    param_counts, parse_fusions, parse_options, pick_device, pick_dtype, read_json, run_script)
 
 
 @dataclass
@@ -76,6 +76,7 @@ KERNELS = {"all": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBa
                    SDPBackend.MATH],
            "no_cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
            "math": [SDPBackend.MATH]}
+ROWS = ("one", "by_length")  # bench.py step: a step's rows in one padded batch, or in parts (data.in_parts)
 WARMUP_STEPS = 3  # bench.py step: untimed steps before the clock starts
 
 
@@ -88,6 +89,7 @@ class StepOptions(BenchOptions):
     batch_size: int = 32          # conversations per step, as train.py
     steps: int = 15               # timed steps, each on a batch of its own (after WARMUP_STEPS untimed ones)
     kernels: str = ",".join(KERNELS)  # attention kernels each timing may use: all, no_cudnn, math
+    rows: str = ",".join(ROWS)    # how each step's rows are batched: one (padded to the longest), by_length (parts)
     at_least = dict(frames=1, batch_size=1, steps=1)
 
     def __post_init__(self):
@@ -95,6 +97,9 @@ class StepOptions(BenchOptions):
         self.kernel_list = [k for k in self.kernels.split(",") if k]
         if not self.kernel_list or set(self.kernel_list) - set(KERNELS):
             raise ValueError(f"--kernels takes a comma-separated list of {', '.join(KERNELS)}, got {self.kernels!r}")
+        self.rows_list = [r for r in self.rows.split(",") if r]
+        if not self.rows_list or set(self.rows_list) - set(ROWS):
+            raise ValueError(f"--rows takes a comma-separated list of {', '.join(ROWS)}, got {self.rows!r}")
 
 
 @dataclass
@@ -236,9 +241,10 @@ def train_one(fusion, args, overrides):
     size = model.config.image_size
     convs = [scenes.make_clip(seed, size, args.frames) for seed in range(args.batch_size)]
     batch = data.collate(convs, tok, size)
-    idx, targets, images = batch.idx.to(device), batch.targets.to(device), batch.images.to(device)
+    idx, images = batch.idx.to(device), batch.images.to(device)  # moved once: the copy is not what is timed
+    on_device = data.Batch(idx, batch.targets.to(device), images, batch.last_answer, batch.tasks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = functools.partial(train_step, model, optimizer, idx, targets, images)
+    step = functools.partial(train_step, model, optimizer, [on_device], device)
     step()  # warm-up: allocator, kernels, optimizer state
     with FlopCounterMode(display=False) as counter:
         step()
@@ -257,10 +263,13 @@ def train_one(fusion, args, overrides):
                 images.size(0) * model.config.n_image_tokens if fusion == "insertion" else 0)}
 
 
-def train_step(model, optimizer, idx, targets, images, autocast=None):
-    with autocast or nullcontext():
-        _, loss = model(idx, images, targets)
-    loss.backward()
+def train_step(model, optimizer, parts, device, autocast=None):
+    """train.py's step on one micro-batch in its parts (data.in_parts), each loss weighted by its share."""
+    for part in parts:
+        idx, targets, images = part.inputs(device)
+        with autocast or nullcontext():
+            _, loss = model(idx, images, targets)
+        (loss * part.weight).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -276,25 +285,30 @@ def muon(model, device):
 
 def step_one(fusion, args, overrides):
     """train.py's step, timed on its own kind of batches: a task per row, so nearly every step brings new shapes.
-    Per set of attention kernels, a fresh model (seed 0) takes the same batches."""
+    Per set of attention kernels and way of batching the rows, a fresh model (seed 0) takes the same rows."""
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     autocast = None if dtype == torch.float32 else torch.autocast(device.split(":")[0], dtype=dtype)
     tok = data.Tokenizer()
-    source = source_of(args, args.tasks, model_config(overrides, tok).image_size)
-    batches = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(WARMUP_STEPS + args.steps)]
+    cfg = model_config({**overrides, "fusion": fusion}, tok)
+    source = source_of(args, args.tasks, cfg.image_size)
+    image_tokens = {"one": None, "by_length": image_tokens_in_rows(cfg, "cpu")}
+    drawn = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(WARMUP_STEPS + args.steps)]
     results = {"dtype": str(dtype).removeprefix("torch.")}
-    for kernels in args.kernel_list:
-        model, _ = model_for(fusion, overrides, device)
-        optimizer = muon(model, device)
-        with sdpa_kernel(KERNELS[kernels]):
-            for i, batch in enumerate(batches):
-                if i == WARMUP_STEPS:  # the first steps warm up: allocator, optimizer state
-                    sync(device)
-                    t0 = time.perf_counter()
-                train_step(model, optimizer, *batch.inputs(device), autocast)
-            sync(device)
-        results[f"ms_per_step_{kernels}"] = 1000 * (time.perf_counter() - t0) / args.steps
+    for rows in args.rows_list:
+        batches = [data.in_parts(batch, tok, image_tokens[rows]) for batch in drawn]
+        for kernels in args.kernel_list:
+            model, _ = model_for(fusion, overrides, device)
+            optimizer = muon(model, device)
+            with sdpa_kernel(KERNELS[kernels]):
+                for i, parts in enumerate(batches):
+                    if i == WARMUP_STEPS:  # the first steps warm up: allocator, optimizer state
+                        sync(device)
+                        t0 = time.perf_counter()
+                    train_step(model, optimizer, parts, device, autocast)
+                sync(device)
+            results[f"ms_per_step_{kernels}" + ("" if rows == "one" else f"_{rows}")] = \
+                1000 * (time.perf_counter() - t0) / args.steps
     return results
 
 
@@ -324,6 +338,7 @@ def drawing_rate(source, tok, workers, n):
 def training_loop(source, tok, model, optimizer, workers, steps, device):
     """train.py's loop, timed: seconds per step, and the share of it spent waiting for the next batch."""
     draw = functools.partial(data.training_batch, source, tok, 0, 0, 1)
+    image_tokens = image_tokens_in_rows(model.config, device)  # as train.py's step
     batches = iter(data.drawn_ahead(draw, steps + 1, workers, pin_memory=device.startswith("cuda")))
     waited, t0 = 0.0, None
     for i in range(steps + 1):  # the first step warms up (allocator, optimizer state, the workers' start)
@@ -333,7 +348,7 @@ def training_loop(source, tok, model, optimizer, workers, steps, device):
         start = time.perf_counter()
         batch = next(batches)
         waited += time.perf_counter() - start
-        train_step(model, optimizer, *batch.inputs(device))
+        train_step(model, optimizer, data.in_parts(batch, tok, image_tokens), device)
     sync(device)
     seconds = time.perf_counter() - t0
     return {"ms_per_step": 1000 * seconds / steps, "data_wait_share": waited / seconds}

@@ -505,6 +505,16 @@ def scores(ckpt_path, n_per_task, looks=("default",), blind=False, seed0=scenes.
     return {look: accuracy(look) for look in looks} | ({"blind": accuracy("default", gray=True)} if blind else {})
 
 
+def image_tokens_in_rows(cfg, device):
+    """data.in_parts's image_tokens for this model on this device. On a CPU a micro-batch comes in parts by
+    length (less padding, the same gradient), an image counting in its row what it adds to the text stream (its
+    tokens with insertion; the others nothing beyond its marker). On a GPU None: one part, as measured there, where
+    the step is bound by launching kernels rather than by arithmetic (results/gpu.md)."""
+    if device.startswith("cuda"):
+        return None
+    return cfg.n_image_tokens if cfg.fusion == "insertion" else 0
+
+
 def param_counts(model):
     """A VLM's parameters per part; 'fusion': what the fusion layers add (only norms when they share
     weights). Tied weights are listed once."""

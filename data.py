@@ -17,6 +17,7 @@ import random
 import re
 import signal
 import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,10 +126,11 @@ class Batch:
     images: torch.Tensor  # (n, 3, S, S) float in [0, 1]: all images in order of their <image> markers, row by row
     last_answer: torch.Tensor  # (B, T) bool: target positions of the last turn's answer and its <eos>
     tasks: list  # task name of every row
+    weight: float = 1.0  # a part of a micro-batch (in_parts): its share of the micro-batch's answer tokens
 
     def pin_memory(self):  # called by a DataLoader with pin_memory=True: pinned, the copy to a GPU can overlap
         return Batch(self.idx.pin_memory(), self.targets.pin_memory(), self.images.pin_memory(),
-                     self.last_answer.pin_memory(), self.tasks)
+                     self.last_answer.pin_memory(), self.tasks, self.weight)
 
     def inputs(self, device):
         """(idx, targets, images) on device, copied without blocking: from pinned memory (CUDA) the copy overlaps
@@ -350,13 +352,21 @@ def drawn_ahead(draw, n, workers, pin_memory=False):
     loader has its own random generator, so the training's random state does not depend on the workers."""
     return torch.utils.data.DataLoader(Drawn(draw, n), batch_size=None, num_workers=workers,
                                        prefetch_factor=4 if workers else None, pin_memory=pin_memory,
-                                       generator=torch.Generator(), worker_init_fn=ignore_sigterm)
+                                       generator=torch.Generator(), worker_init_fn=quiet_worker)
 
 
-def ignore_sigterm(worker_id):
-    """`timeout`, `kill -- -PGID` and job schedulers send SIGTERM to the whole process group. The main process then
-    stops in one line and ends its workers itself; a worker killed first would make the loader raise a traceback."""
+def quiet_worker(worker_id):
+    """A data worker's start. `timeout`, `kill -- -PGID` and job schedulers send SIGTERM to the whole process group:
+    the main process then stops in one line and ends its workers itself (a worker killed first would make the
+    loader raise a traceback), so a worker ignores SIGTERM. A main process that stops while it takes a batch's
+    tensors hangs up on the worker's thread that hands them over, which would print a traceback under that one
+    line: a hang-up is not reported, any other error is."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def report(kind, error, trace, report_error=sys.excepthook):
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            report_error(kind, error, trace)
+    sys.excepthook = report
 
 
 class Conversations:
@@ -412,10 +422,42 @@ def held_out_part(n_per_task, size, tasks, style, frames, k):
     return scenes.eval_conversations(n_per_task, size, tasks, style, frames, slice(k * EVAL_PART, (k + 1) * EVAL_PART))
 
 
+def split_by_length(lengths):
+    """Row indices in one or two groups, shortest rows first, split where the padding (each group padded to its
+    longest row) is least; one group when splitting saves nothing."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    n, longest = len(order), [lengths[i] for i in order]
+    k = min(range(n, 0, -1), key=lambda k: k * longest[k - 1] + (n - k) * longest[-1])
+    return [order[:k], order[k:]] if k < n else [order]
+
+
 def training_batch(source, tok, rank, start_iter, grad_accum, i):
     """The i-th micro-batch from start_iter on, collated: what the workers draw ahead of the step."""
     it, micro = start_iter + i // grad_accum, i % grad_accum
     return collate(source.batch(it, rank, micro), tok, source.size)
+
+
+def in_parts(batch, tok, image_tokens):
+    """A micro-batch in one or two parts by length (split_by_length; an image adds image_tokens to its row: what
+    insertion puts in the text stream), so that one 8-frame clip does not pad thirty single-image rows to its length;
+    each part weighted by its share of the answer tokens. The model's loss is the mean over a part's answer tokens,
+    so the parts' weighted losses sum to the batch's loss, and their gradients to its gradient. None: [batch]."""
+    if image_tokens is None:
+        return [batch]
+    text, images = (batch.idx != tok.pad_id).sum(1), (batch.idx == tok.image_id).sum(1)  # per row
+    groups = split_by_length((text + image_tokens * images).tolist())
+    if len(groups) == 1:
+        return [batch]
+    first = torch.cat([images.new_zeros(1), images.cumsum(0)]).tolist()  # each row's first image
+    answers = (batch.targets != -100).sum(1)
+    parts = []
+    for group in groups:
+        rows, length = torch.tensor(group), int(text[group].max())
+        pictures = torch.tensor([k for r in group for k in range(first[r], first[r + 1])], dtype=torch.long)
+        parts.append(Batch(batch.idx[rows, :length], batch.targets[rows, :length], batch.images[pictures],
+                           batch.last_answer[rows, :length], [batch.tasks[r] for r in group],
+                           float(answers[rows].sum() / answers.sum())))
+    return parts
 
 
 def fingerprint(conv):

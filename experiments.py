@@ -340,7 +340,8 @@ def summary(accuracy):
 def caption_table(c, args):
     """The scores of caption_scores as lines of text."""
     window = f"the latest {args.max_text} text tokens" if args.max_text else "all the text"
-    rows = [f"{c['fusion']} ({args.ckpt}): {args.clips} {'validation' if args.validation else 'held-out'} clips of {args.frames} frames ({args.style} look), "
+    which = "validation" if args.validation else "held-out"
+    rows = [f"{c['fusion']} ({args.ckpt}): {args.clips} {which} clips of {args.frames} frames ({args.style} look), "
             f"the cache keeping {window}", f"{'caption':<12} {'frames':>6} {'exact':>7}",
             f"{'all':<12} {c['frames']:>6} {percent(c['exact']) + '%':>7}"]
     rows += [f"{k:<12} {r['frames']:>6} {'-' if r['exact'] is None else percent(r['exact']) + '%':>7}"

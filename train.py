@@ -29,7 +29,7 @@ from casa import VLM, VLMConfig, check_fields
 from common import (UsageError, build, build_model, build_optimizer, check_fits, evaluate,
                     load_checkpoint, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config,
                     open_log, param_counts, parse_options, pick_device, pick_dtype, progress_bar,
-                    resume_checkpoint, run_script, save_checkpoint, save_json)
+                    resume_checkpoint, run_script, save_checkpoint, save_json, image_tokens_in_rows)
 
 
 @dataclass
@@ -234,6 +234,7 @@ def main(argv):
                        total=cfg.max_iters)
     # batches come from worker processes that draw them ahead of the step (a pure function of the index)
     draw = functools.partial(data.training_batch, source, tok, rank, start_iter, cfg.grad_accum)
+    image_tokens = image_tokens_in_rows(model_cfg, device)  # on a CPU a micro-batch in parts by length (data.in_parts)
     batches = iter(data.drawn_ahead(draw, (cfg.max_iters - start_iter) * cfg.grad_accum, workers,
                                pin_memory=device_type == "cuda"))
     tokens, t0, loss_sum, steps = 0, time.time(), 0.0, 0
@@ -243,15 +244,18 @@ def main(argv):
             group["lr"] = group["base_lr"] * factor
         for micro in range(cfg.grad_accum):
             waited = time.time()
-            batch = next(batches)
+            parts = data.in_parts(next(batches), tok, image_tokens)
             spent["data_s"] += time.time() - waited
-            idx, targets, images = batch.inputs(device)
-            if ddp:  # only the last micro-batch all-reduces the gradients
-                model.require_backward_grad_sync = micro == cfg.grad_accum - 1
-            with autocast:
-                _, loss = model(idx, images, targets)
-            scaler.scale(loss / cfg.grad_accum).backward()
-            tokens += int((batch.idx != tok.pad_id).sum()) * world
+            loss = 0.0  # the micro-batch's: its parts' losses, each weighted by its share of the answer tokens
+            for k, part in enumerate(parts):
+                idx, targets, images = part.inputs(device)
+                if ddp:  # only the last part of the last micro-batch all-reduces the gradients
+                    model.require_backward_grad_sync = micro == cfg.grad_accum - 1 and k == len(parts) - 1
+                with autocast:
+                    _, part_loss = model(idx, images, targets)
+                scaler.scale(part_loss * part.weight / cfg.grad_accum).backward()
+                loss = loss + part_loss.detach() * part.weight
+                tokens += int((part.idx != tok.pad_id).sum()) * world
         for opt in optimizer.optimizers:
             scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

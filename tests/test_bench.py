@@ -34,11 +34,12 @@ def test_bench_smoke_runs_write_the_json_keys(pool, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_step_smoke_run_times_each_set_of_attention_kernels(tmp_path):
+def test_step_smoke_run_times_each_set_of_attention_kernels_and_way_of_batching_rows(tmp_path):
     ok(run("bench.py", "step", "--fusions=cross", "--steps=1", "--batch_size=2", "--frames=2", "--kernels=all,math",
            f"--json={tmp_path / 's.json'}", *MODEL))
     result = json.loads((tmp_path / "s.json").read_text())["cross"]
     assert result["dtype"] == "float32" and result["ms_per_step_all"] > 0 and result["ms_per_step_math"] > 0
+    assert result["ms_per_step_all_by_length"] > 0 and result["ms_per_step_math_by_length"] > 0
     assert "ms_per_step_no_cudnn" not in result
 
 
@@ -74,6 +75,7 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "train_max_iters_0": (["train", "--max_iters=0"], "max_iters must be >= 1, got 0"),
     "train_old_iters": (["train", "--iters=1"], "unknown option --iters; did you mean --max_iters?"),
     "step_unknown_kernels": (["step", "--kernels=all,cudnn"], "--kernels takes a comma-separated list"),
+    "step_unknown_rows": (["step", "--rows=one,sorted"], "--rows takes a comma-separated list"),
     "step_steps_0": (["step", "--steps=0"], "steps must be >= 1, got 0"),
     "stream_max_text_0": (["stream", "--max_text=0"], "max_text must be >= 1, got 0"),
     "stream_json_in_a_missing_folder": (["stream", "--json=/missing/x.json"],

@@ -575,6 +575,49 @@ def test_a_training_batch_mixes_tasks_row_by_row():
         assert len({c.task for c in source.batch(it, 0, 0)}) > 1
 
 
+def test_split_by_length_pads_least_and_keeps_one_group_when_splitting_saves_nothing():
+    assert data.split_by_length([7, 7, 7, 7]) == [[0, 1, 2, 3]]
+    assert data.split_by_length([50, 9, 10, 8, 11]) == [[3, 1, 2, 4], [0]]  # 4 x 11 + 1 x 50 < 5 x 50
+    assert data.split_by_length([10, 30, 20]) == [[0, 2], [1]]  # 2 x 20 + 30 = 70 < 3 x 30
+    assert data.split_by_length([5]) == [[0]]
+
+
+@pytest.mark.parametrize("fusion", ["insertion", "cross", "casa"])
+def test_a_micro_batch_in_parts_gives_the_padded_batch_s_loss_and_gradient(fusion):
+    """data.in_parts's parts by length hold every row once with its images, their weights are their shares of the
+    answer tokens, and the weighted sum of their losses is the one padded batch's loss, with the same gradient."""
+    cfg = train.TrainConfig(batch_size=12, eval_per_task=1, tasks="color,multi_image,video", frames=3, questions=2)
+    source, tok = data.Conversations(cfg, 32), data.Tokenizer()
+    torch.manual_seed(0)
+    model = VLM(VLMConfig(image_size=32, patch_size=8, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2,
+                          n_embd=32, vocab_size=tok.vocab_size, image_token_id=tok.image_id, fusion=fusion))
+    image_tokens = model.config.n_image_tokens if fusion == "insertion" else 0
+    whole = data.training_batch(source, tok, 0, 0, 1, 0)
+    parts = data.in_parts(whole, tok, image_tokens)
+    assert data.in_parts(whole, tok, None) == [whole] and whole.weight == 1
+    assert len(parts) == 2 and sum(len(p.tasks) for p in parts) == 12
+    assert sum(len(p.images) for p in parts) == len(whole.images)
+    rows = lambda b: [tuple(row[row != tok.pad_id].tolist()) for row in b.idx]
+    assert sorted(rows(parts[0]) + rows(parts[1])) == sorted(rows(whole))
+    assert sum(p.weight for p in parts) == pytest.approx(1) and all(0 < p.weight < 1 for p in parts)
+    assert parts[0].idx.numel() + parts[1].idx.numel() < whole.idx.numel()  # less padding
+
+    def loss_and_grads(batches):
+        model.zero_grad()
+        total = 0.0
+        for b in batches:
+            _, loss = model(b.idx, b.images, b.targets)
+            (loss * b.weight).backward()
+            total += loss.item() * b.weight
+        return total, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (loss_whole, grads_whole), (loss_parts, grads_parts) = loss_and_grads([whole]), loss_and_grads(parts)
+    assert loss_parts == pytest.approx(loss_whole, rel=1e-5)
+    assert len(grads_parts) == len(grads_whole)
+    for a, b in zip(grads_parts, grads_whole):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_text_only_batches_hold_no_image():
     cfg = train.TrainConfig(batch_size=6, eval_per_task=2, text_only=True, tasks="color,reading,multi_image,video",
                             frames=3)
