@@ -34,8 +34,9 @@ demo: setup
 
 # Every task, staged (README: "Every task, one staged recipe"): the encoder (1600 iterations, half its scenes with
 # text), then insertion, cross and CASA at once on the eight question tasks and 8-frame live captions; each task's
-# crossing times and final accuracy; resumes if interrupted. About 1.5 hours of wall time on a 2-core CPU
-# (insertion pads every single image to the clips' length: README, "Every task, one staged recipe").
+# crossing times and final accuracy; resumes if interrupted. About 57 minutes of training in all on a 2-core CPU
+# at the quiet per-iteration rates (the encoder's 4, then 14, 16 and 23 for cross, CASA and insertion; README,
+# "Every task, one staged recipe"), plus the evaluations.
 TASKS_ARGS ?= --tasks=caption,color,shape,count,position,relation,reading,multi_image,video --frames=8 \
               --max_iters=1600 --eval_interval=400 --eval_per_task=64 --warmup_iters=50 --lr=6e-3 --progress=false
 tasks: setup
