@@ -26,10 +26,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 from casa import VLM, VLMConfig, check_fields
-from common import (UsageError, build, build_model, build_optimizer, check_fits, evaluate,
+from common import (UsageError, build, build_model, build_optimizer, check_fits, evaluate, image_tokens_in_rows,
                     load_checkpoint, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config,
                     open_log, param_counts, parse_options, pick_device, pick_dtype, progress_bar,
-                    resume_checkpoint, run_script, save_checkpoint, save_json, image_tokens_in_rows)
+                    resume_checkpoint, run_script, save_checkpoint, save_json)
 
 
 @dataclass
