@@ -241,8 +241,7 @@ def train_one(fusion, args, overrides):
     size = model.config.image_size
     convs = [scenes.make_clip(seed, size, args.frames) for seed in range(args.batch_size)]
     batch = data.collate(convs, tok, size)
-    idx, images = batch.idx.to(device), batch.images.to(device)  # moved once: the copy is not what is timed
-    on_device = data.Batch(idx, batch.targets.to(device), images, batch.last_answer, batch.tasks)
+    on_device = data.Batch(*batch.inputs(device), batch.last_answer, batch.tasks)  # moved once: not what is timed
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = functools.partial(train_step, model, optimizer, [on_device], device)
     step()  # warm-up: allocator, kernels, optimizer state
@@ -260,7 +259,7 @@ def train_one(fusion, args, overrides):
     return {"text_tok_s": text_tokens / seconds, "ms_per_iter": 1000 * seconds, "peak_mem_mb": peak_memory_mb(device),
             "flops_per_iter": flops, "mfu": flops / seconds / peak, "matmul_peak_tflops": peak / 1e12,
             "text_tokens_per_iter": text_tokens, "stream_tokens_per_iter": text_tokens + (
-                images.size(0) * model.config.n_image_tokens if fusion == "insertion" else 0)}
+                batch.images.size(0) * model.config.n_image_tokens if fusion == "insertion" else 0)}
 
 
 def train_step(model, optimizer, parts, device, autocast=None):
@@ -292,7 +291,7 @@ def step_one(fusion, args, overrides):
     tok = data.Tokenizer()
     cfg = model_config({**overrides, "fusion": fusion}, tok)
     source = source_of(args, args.tasks, cfg.image_size)
-    image_tokens = {"one": None, "by_length": image_tokens_in_rows(cfg, "cpu")}
+    image_tokens = {"one": None, "by_length": image_tokens_in_rows(cfg, "cpu")}  # parts as a CPU step takes them
     drawn = [data.training_batch(source, tok, 0, 0, 1, i) for i in range(WARMUP_STEPS + args.steps)]
     results = {"dtype": str(dtype).removeprefix("torch.")}
     for rows in args.rows_list:
