@@ -371,7 +371,7 @@ def quiet_worker(worker_id):
 
 class Conversations:
     """Where training and held-out conversations come from: the procedural generator or a folder. cfg: train.py's
-    data options (data, tasks, questions, frames, text_only, batch_size, eval_per_task, seed).
+    data options (data, tasks, questions, frames, style, text_only, batch_size, eval_per_task, seed).
     Training batches are a pure function of (seed, process rank, iteration), which makes resuming exact and gives
     every DDP process different data without any state to save."""
 
@@ -402,7 +402,7 @@ class Conversations:
         rng = random.Random(f"{self.cfg.seed}/{rank}/{it}/{micro}")
         if self.cfg.data == "synthetic":  # a task per row: batches of one task undid each other (README)
             return self.as_text(scenes.sample_conversations(rng, self.cfg.batch_size, self.size, self.tasks,
-                                                          self.cfg.questions, self.cfg.frames))
+                                                          self.cfg.questions, self.cfg.frames, self.cfg.style))
         return [rng.choice(self.train) for _ in range(self.cfg.batch_size)]
 
     def as_text(self, convs):

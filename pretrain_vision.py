@@ -54,6 +54,8 @@ class PretrainConfig:
     eval_interval: int = 250
     eval_scenes: int = 256      # held-out scenes
     text_share: float = 0.5     # of the scenes have text (and 0-2 objects), as the reading task's do; 0: shapes only
+    style: str = "default"      # the look of training scenes: default, or varied (a camera per scene: scenes.STYLES);
+                                # the held-out scenes are drawn in the default look
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     workers: int | None = None  # processes drawing batches ahead (default: cores - 2, at most 8; 0: here)
@@ -67,6 +69,7 @@ class PretrainConfig:
             raise ValueError(f"--init_from expects scratch or resume, got {self.init_from!r}")
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
+        scenes.check_training_style(self.style)
 
 
 LABELS = ("shape", "color", "size", "cell", "char", "place")  # what each patch names: scenes.object_labels's for a
@@ -76,11 +79,11 @@ NONE = (len(scenes.SHAPES), len(scenes.COLORS), len(scenes.RADIUS), len(scenes.C
 OBJECT_LABELS = LABELS.index("char")  # LABELS[:OBJECT_LABELS] name the object under a patch, the rest the glyph
 
 
-def labelled_scenes(seed, n, size, grid, text_share):
-    """n random scenes from the VLM's own generator: images (n, 3, size, size) and, for every patch, its labels
+def labelled_scenes(seed, n, size, grid, text_share, style="default"):
+    """n random scenes from the VLM's own generator, drawn in `style`: images (n, 3, size, size) and, for every patch, its labels
     (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, len(LABELS))."""
     rng = random.Random(seed)
-    drawn = [scenes.sample_scene(rng, size, text=rng.random() < text_share) for _ in range(n)]
+    drawn = [scenes.sample_scene(rng, size, text=rng.random() < text_share, style=style) for _ in range(n)]
     images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])
     labels = []
     for scene in drawn:
@@ -93,10 +96,10 @@ def labelled_scenes(seed, n, size, grid, text_share):
     return images, torch.stack(labels)
 
 
-def training_batch(seed, start_iter, n, size, grid, text_share, i):
+def training_batch(seed, start_iter, n, size, grid, text_share, style, i):
     """The i-th batch from start_iter on: a pure function of (seed, iteration), so a resumed run sees exactly the
     batches it would have seen, and worker processes can draw them ahead of the step."""
-    return labelled_scenes(f"{seed}/{start_iter + i}", n, size, grid, text_share)
+    return labelled_scenes(f"{seed}/{start_iter + i}", n, size, grid, text_share, style)
 
 
 class Heads(nn.Module):
@@ -163,7 +166,7 @@ def main(argv):
     log = open_log(os.path.join(cfg.out_dir, "log.jsonl"), start_iter)
     workers = data.default_workers() if cfg.workers is None else cfg.workers
     draw = functools.partial(training_batch, cfg.seed, start_iter, cfg.batch_size, model_cfg.image_size, grid,
-                             cfg.text_share)
+                             cfg.text_share, cfg.style)
     batches = iter(data.drawn_ahead(draw, cfg.max_iters - start_iter, workers, pin_memory=device.startswith("cuda")))
     t0 = time.time()
     for it in range(start_iter, cfg.max_iters):

@@ -59,10 +59,15 @@ SS = 4  # draw at 4x and average down: anti-aliased edges, while the centre pixe
 COLOR_JITTER = 10  # per channel, so the model can't key on exact RGB values
 NOISE = 4.0  # std of per-pixel noise, so that no pixel value is a shortcut
 BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from every object colour
-# How scenes look. Training only ever sees "default"; "shifted" is a second look, drawn differently, for checking
+# How scenes look. Training sees "default" (or "varied", below); "shifted" is a look no training draws, for checking
 # that a model reads the images and not quirks of the generator: other object sizes (yet at 64 px every small one
-# smaller than any big one of either look, so a caption's "small" and "big" keep their meaning), darker shades with
+# smaller than any big one of any look, so a caption's "small" and "big" keep their meaning), darker shades with
 # stronger jitter, more noise, and stripes across the background. Same vocabulary, same questions.
+# A look's camera is what it does to the whole image: per-pixel noise (std), exposure (every channel times light),
+# a colour cast (added per channel) and stripes (amplitude, direction dx, dy, period in px). The default and
+# shifted looks have one camera; "varied" draws one per scene (a clip's frames share it) from VARIED_CAMERA's
+# ranges, which stop short of the shifted camera on every axis (less noise, fainter stripes, never its 6 px
+# diagonals), so a model trained on it learns to see past a camera and the shifted look still shows one it never saw.
 # Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
 # drawing's pixels), slants (horizontal shear, either way) and shades of dark ink on a light box (+-text_jitter per
 # channel), so that the encoder learns glyphs rather than one font's pixels; the shifted look draws it more slanted
@@ -70,13 +75,19 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # cream box (bolder still would be illegible). At 64x64 the smallest size, 16 px, makes a digit 9 px wide: every
 # glyph spans a patch of 8 px.
 STYLES = {
-    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER, "noise": NOISE, "stripes": 0,
+    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER,
+                "camera": {"noise": NOISE, "light": 1.0, "cast": (0.0, 0.0, 0.0), "stripes": (0.0, 1.0, 0.0, 6.0)},
                 "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.3),
                 "ink": (20, 20, 30), "paper": (235, 235, 225), "text_jitter": 40},
-    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "shade": 0.88, "jitter": 20, "noise": 9.0, "stripes": 16,
+    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "shade": 0.88, "jitter": 20,
+                "camera": {"noise": 9.0, "light": 1.0, "cast": (0.0, 0.0, 0.0), "stripes": (16.0, 1.0, -1.0, 6.0)},
                 "text_size": (0.25, 0.31), "weight": (3, 3), "slant": (0.3, 0.35),
                 "ink": (30, 40, 140), "paper": (250, 235, 200), "text_jitter": 0},
 }
+STYLES["varied"] = {**STYLES["default"], "camera": None}  # its camera drawn per scene: VARIED_CAMERA
+VARIED_CAMERA = {"noise": (0.0, 7.0), "light": (0.9, 1.1), "cast": 8.0, "stripes": (0.0, 12.0), "period": (8.0, 16.0),
+                 "striped": 0.5}  # ranges (uniform), the cast's bound per channel, the share of scenes with stripes
+TRAINING_STYLES = ("default", "varied")
 CHARS = string.digits + string.ascii_lowercase  # what the reading task's text is made of
 
 
@@ -91,6 +102,15 @@ def _jitter(rng, color, style="default"):
 
 def _moved(o, x, y):
     return {**o, "x": x, "y": y, "bbox": (x - o["r"], y - o["r"], x + o["r"], y + o["r"])}
+
+
+def _random_camera(rng):
+    """A camera for one scene of the varied look, drawn from VARIED_CAMERA's ranges (see STYLES)."""
+    r, angle = VARIED_CAMERA, rng.uniform(0, math.pi)
+    amplitude = rng.uniform(*r["stripes"]) if rng.random() < r["striped"] else 0.0
+    return {"noise": rng.uniform(*r["noise"]), "light": rng.uniform(*r["light"]),
+            "cast": tuple(rng.uniform(-r["cast"], r["cast"]) for _ in range(3)),
+            "stripes": (amplitude, math.cos(angle), math.sin(angle), rng.uniform(*r["period"]))}
 
 
 def _apart(a, b, gap):
@@ -138,7 +158,8 @@ def sample_scene(rng, size, text=False, n_objects=None, style="default"):
     size, background {from, to, angle}, noise_seed, objects: list of {shape, color, size ('small'
     or 'big'), x, y (centre pixel), r, bbox (x0, y0, x1, y1), rgb (the jittered colour drawn)},
     and with text=True also text (1-3 digits or a short word), text_bbox (its box), and how it is drawn: text_size
-    (font px), text_weight (stroke width at SS x), text_slant (shear), ink and paper (RGB); style (see STYLES)."""
+    (font px), text_weight (stroke width at SS x), text_slant (shear), ink and paper (RGB); style and camera (see
+    STYLES)."""
     if not isinstance(size, int) or size < MIN_SIZE:
         raise DataError(f"image size must be an integer >= {MIN_SIZE}, got {size!r}")
     lo, hi = BG_RANGE
@@ -146,6 +167,7 @@ def sample_scene(rng, size, text=False, n_objects=None, style="default"):
     c1 = c0 if rng.random() < 0.4 else tuple(rng.randint(lo, hi) for _ in range(3))  # flat or gradient
     scene = {"size": size, "background": {"from": c0, "to": c1, "angle": rng.uniform(0, 2 * math.pi)},
              "noise_seed": rng.randrange(2**32), "objects": [], "style": style}
+    scene["camera"] = STYLES[style]["camera"] or _random_camera(rng)  # the fixed looks draw nothing here
     text_box = None
     if text:
         look = STYLES[style]
@@ -238,8 +260,9 @@ def draw_scene(scene):
     t = u[None, :] * math.cos(bg["angle"]) + u[:, None] * math.sin(bg["angle"])  # position along the gradient
     t = (t - t.min()) / (t.max() - t.min())
     c0, c1 = np.array(bg["from"], np.float32), np.array(bg["to"], np.float32)
-    look = STYLES[scene.get("style", "default")]
-    stripes = look["stripes"] * np.sin(2 * math.pi * (u[None, :] - u[:, None]) / 6)[..., None]  # diagonal, 6 px
+    camera = scene["camera"]
+    amplitude, dx, dy, period = camera["stripes"]
+    stripes = amplitude * np.sin(2 * math.pi * (dx * u[None, :] + dy * u[:, None]) / period)[..., None]
     img = Image.fromarray(np.clip(c0 + t[..., None] * (c1 - c0) + stripes, 0, 255).astype(np.uint8))
     img = img.resize((big, big), Image.Resampling.NEAREST)  # the background is smooth: no need to compute it at 4x
     if "text" in scene:
@@ -252,8 +275,9 @@ def draw_scene(scene):
         else:
             draw.polygon(_polygon(o["shape"], cx, cy, r), fill=o["rgb"])
     img = img.reduce(SS)
-    noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, look["noise"], (size, size, 3))
-    return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).round().astype(np.uint8))
+    noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, camera["noise"], (size, size, 3))
+    pixels = np.asarray(img, np.float32) * camera["light"] + np.array(camera["cast"], np.float32) + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
 
 
 def render_scene(seed, size=64, text=False):
@@ -549,7 +573,15 @@ def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=No
     return [make_conversation(task, seed0 + i, size, style=style, frames=frames) for task, i in pairs]
 
 
-def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None):
-    """n fresh training conversations, each of a uniformly drawn task (see make_conversation: questions, frames)."""
-    return [make_conversation(rng.choice(tasks), train_seed(rng), size, questions, frames=frames) for _ in range(n)]
+def check_training_style(style):
+    """A --style option of the training scripts: one of TRAINING_STYLES (the shifted look tests what training never
+    showed)."""
+    if style not in TRAINING_STYLES:
+        raise DataError(f"--style is one of {', '.join(TRAINING_STYLES)} (shifted is never trained on), got {style!r}")
+
+
+def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None, style="default"):
+    """n fresh training conversations, each of a uniformly drawn task (see make_conversation: questions, frames,
+    style)."""
+    return [make_conversation(rng.choice(tasks), train_seed(rng), size, questions, style, frames) for _ in range(n)]
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
+import scenes
 from casa import VLM, VLMConfig, check_fields
 from common import (UsageError, build, build_model, build_optimizer, check_fits, evaluate, image_tokens_in_rows,
                     load_checkpoint, load_optimizer_state, load_weights, lock_out_dir, lr_factor, model_config,
@@ -40,6 +41,8 @@ class TrainConfig:
     tasks: str = "all"          # synthetic tasks to train on, comma-separated (see scenes.TASKS, scenes.VIDEO_TASK)
     questions: int = 4          # synthetic: up to this many questions about each single-scene image (eval asks 1)
     frames: int | None = None   # video: frames per clip (default: 8 to 64, drawn per clip)
+    style: str = "default"      # the look of training scenes: default, or varied (a camera per scene: scenes.STYLES);
+                                # held-out scenes are drawn in the default and the shifted look, whichever this is
     text_only: bool = False     # pretrain the language model alone: each image replaced by its description in words
     # optimisation
     batch_size: int = 32
@@ -76,6 +79,7 @@ class TrainConfig:
                                          min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
+        scenes.check_training_style(self.style)
 
 
 def unwrapped(model):

@@ -61,6 +61,7 @@ def test_pretrain_vision_labels_every_patch_with_the_object_or_glyph_under_it():
     (["--batch_size=0"], "batch_size must be >= 1, got 0"),
     (["--lr=nan"], "lr must be a finite number, got nan"),
     (["--init_from=out/ckpt.pt"], "--init_from expects scratch or resume, got 'out/ckpt.pt'"),
+    (["--style=shifted"], "--style is one of default, varied (shifted is never trained on), got 'shifted'"),
     (["--init_from=resume", "--out_dir={tmp}/nonexistent"], "no checkpoint at {tmp}/nonexistent/ckpt.pt"),
 ])
 def test_pretrain_vision_bad_command_line_is_one_clean_line(tmp_path, args, says):

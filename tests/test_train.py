@@ -62,6 +62,8 @@ CLI_ERRORS = {  # arguments -> what the one line must say
     "int": (["--batch_size=abc"], "--batch_size expects int, got 'abc'"),
     "bool": (["--compile=maybe"], "--compile expects true or false, got 'maybe'"),
     "fusion": (["--fusion=concat"], "concat"),
+    "shifted_style": (["--style=shifted"], "--style is one of default, varied (shifted is never trained on), got "
+                                          "'shifted'"),
     "no_data_jsonl": (["--data={empty}"], "data.jsonl"),
     "few_examples": (["--data={few}"], "has 4 examples; a held-out split (a tenth, at least one) and training need "
                                        "at least 10"),
