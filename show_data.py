@@ -3,6 +3,7 @@ show_data.py: write sample conversations to look at, as the model will see them:
 images of a conversation, left to right in rows of 8) and OUT_DIR/conversations.txt (the text).
 
     python show_data.py --out_dir=out-data --n=16 --tasks=reading,video
+    python show_data.py --out_dir=out-data --style=varied      # a camera per scene (train.py --style=varied)
 """
 import random
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import figures
 from common import UsageError, build, parse_options, run_script
-from scenes import MIN_SIZE, TASKS, VIDEO_TASK, make_conversation, parse_tasks, train_seed
+from scenes import MIN_SIZE, STYLES, TASKS, VIDEO_TASK, make_conversation, parse_tasks, train_seed
 
 
 @dataclass
@@ -22,11 +23,14 @@ class SampleOptions:
     seed: int = 0
     questions: int = 1          # up to this many questions about each single-scene image, as train.py asks
     tasks: str = "all"          # comma-separated, or all to cycle through every task (and video)
+    style: str = "default"      # how the scenes look: default, shifted or varied (scenes.STYLES)
 
     def __post_init__(self):
         for name, low in (("n", 1), ("image_size", MIN_SIZE), ("questions", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise ValueError(f"--{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"--style is one of {', '.join(STYLES)}, got {self.style!r}")
         self.task_list = TASKS + (VIDEO_TASK,) if self.tasks == "all" else parse_tasks(self.tasks)
 
 
@@ -42,7 +46,7 @@ def main(argv):
     listing = []
     for i in range(args.n):
         task = args.task_list[i % len(args.task_list)]
-        conv = make_conversation(task, train_seed(rng), args.image_size, args.questions)
+        conv = make_conversation(task, train_seed(rng), args.image_size, args.questions, args.style)
         images = [img for turn in conv.turns for img in turn.images]
         name = f"{i:03d}_{task}.png"
         figures.sheet(images, cols=8).save(out / name)  # left to right, in rows of 8, 2 px apart

@@ -616,11 +616,17 @@ def test_cli_writes_samples(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["000_count.png", "001_video.png",
                                                                      "conversations.txt"]
     assert Image.open(tmp_path / "two" / "000_count.png").size == (32, 32)
+    for style in ("default", "varied"):
+        r = run_preloaded("show_data.py", f"--out_dir={tmp_path / style}", "--n=1", "--tasks=count", f"--style={style}")
+        assert r.returncode == 0, r.stderr
+    default, varied = (Image.open(tmp_path / style / "000_count.png").tobytes() for style in ("default", "varied"))
+    assert default != varied  # the same seed, another look (and another scene: the varied camera draws from it)
 
 
 @pytest.mark.parametrize("args, says", [
     (["--out_dir", "{tmp}", "--n", "0"], "--n must be an integer >= 1, got 0"),
     (["--out_dir", "{tmp}", "--tasks", "nope"], "unknown task 'nope'"),
+    (["--out_dir", "{tmp}", "--style", "sketchy"], "--style is one of default, shifted, varied, got 'sketchy'"),
     (["--out_dir", "{tmp}", "--image_size", "big"], "--image_size expects int, got 'big'"),
     (["--out_dir", "{tmp}", "--image_size", "8"], "--image_size must be an integer >= 32, got 8"),
     (["--out_dir", "{tmp}", "--out", "x"], "unknown option --out; did you mean --out_dir?"),  # the old names
