@@ -66,8 +66,10 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # A look's camera is what it does to the whole image: per-pixel noise (std), exposure (every channel times light),
 # a colour cast (added per channel) and stripes (amplitude, direction dx, dy, period in px). The default and
 # shifted looks have one camera; "varied" draws one per scene (a clip's frames share it) from VARIED_CAMERA's
-# ranges, which stop short of the shifted camera on every axis (less noise, fainter stripes, never its 6 px
-# diagonals), so a model trained on it learns to see past a camera and the shifted look still shows one it never saw.
+# ranges, and shades each object (a factor per object), jitters its colour and the text's ink and box more than
+# the default look. Every range stops short of the shifted look on its axis (lighter objects, less jitter, less
+# noise, fainter stripes never in its 6 px diagonals, inks far from its blue), so a model trained on it learns to
+# see past a camera and a palette, and the shifted look still shows one it never saw.
 # Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
 # drawing's pixels), slants (horizontal shear, either way) and shades of dark ink on a light box (+-text_jitter per
 # channel), so that the encoder learns glyphs rather than one font's pixels; the shifted look draws it more slanted
@@ -75,16 +77,16 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # cream box (bolder still would be illegible). At 64x64 the smallest size, 16 px, makes a digit 9 px wide: every
 # glyph spans a patch of 8 px.
 STYLES = {
-    "default": {"radius": RADIUS, "shade": 1.0, "jitter": COLOR_JITTER,
+    "default": {"radius": RADIUS, "shade": (1.0, 1.0), "jitter": COLOR_JITTER,
                 "camera": {"noise": NOISE, "light": 1.0, "cast": (0.0, 0.0, 0.0), "stripes": (0.0, 1.0, 0.0, 6.0)},
                 "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.3),
                 "ink": (20, 20, 30), "paper": (235, 235, 225), "text_jitter": 40},
-    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "shade": 0.88, "jitter": 20,
+    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "shade": (0.88, 0.88), "jitter": 20,
                 "camera": {"noise": 9.0, "light": 1.0, "cast": (0.0, 0.0, 0.0), "stripes": (16.0, 1.0, -1.0, 6.0)},
                 "text_size": (0.25, 0.31), "weight": (3, 3), "slant": (0.3, 0.35),
                 "ink": (30, 40, 140), "paper": (250, 235, 200), "text_jitter": 0},
 }
-STYLES["varied"] = {**STYLES["default"], "camera": None}  # its camera drawn per scene: VARIED_CAMERA
+STYLES["varied"] = {**STYLES["default"], "camera": None, "shade": (0.92, 1.0), "jitter": 15, "text_jitter": 70}
 VARIED_CAMERA = {"noise": (0.0, 7.0), "light": (0.9, 1.1), "cast": 8.0, "stripes": (0.0, 12.0), "period": (8.0, 16.0),
                  "striped": 0.5}  # ranges (uniform), the cast's bound per channel, the share of scenes with stripes
 TRAINING_STYLES = ("default", "varied")
@@ -96,7 +98,9 @@ def _article(phrase):
 
 
 def _jitter(rng, color, style="default"):
-    shade, j = STYLES[style]["shade"], STYLES[style]["jitter"]
+    """The RGB an object of this colour is drawn in: shaded by a factor from the look's range, jittered per channel."""
+    (lo, hi), j = STYLES[style]["shade"], STYLES[style]["jitter"]
+    shade = lo if lo == hi else rng.uniform(lo, hi)  # the fixed looks draw nothing here
     return tuple(min(255, max(0, round(c * shade) + rng.randint(-j, j))) for c in COLORS[color])
 
 

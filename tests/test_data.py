@@ -1,5 +1,6 @@
 """Tests for data.py: exact checks, fast (a few seconds)."""
 
+import colorsys
 import json
 import re
 import random
@@ -33,6 +34,14 @@ def fingerprint(conv):
 
 def nearest_color(rgb):
     return min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], rgb)))
+
+
+def nearest_hue(rgb):
+    """The colour name of the nearest hue (white if unsaturated): what a name means when the light varies."""
+    hue, saturation, _ = colorsys.rgb_to_hsv(*(np.asarray(rgb) / 255))
+    hue_of = lambda c: colorsys.rgb_to_hsv(*(np.asarray(COLORS[c]) / 255))[0]
+    return "white" if saturation < 0.35 else min(
+        (c for c in COLORS if c != "white"), key=lambda c: min(abs(hue_of(c) - hue), 1 - abs(hue_of(c) - hue)))
 
 
 # -----------------------------------------------------------------------------
@@ -260,8 +269,9 @@ def test_small_and_big_mean_the_same_in_every_look():
 
 def test_the_varied_look_draws_a_camera_per_scene_short_of_the_shifted_one():
     """The default and shifted looks have one camera each (and draw nothing for it, so their scenes are those of
-    before the varied look); the varied look draws one per scene, within VARIED_CAMERA's ranges, every axis short of
-    the shifted camera; a clip's frames share theirs; and each object's colour still reads as its name."""
+    before the varied look); the varied look draws one per scene, within VARIED_CAMERA's ranges, and shades and
+    jitters objects and inks more, every axis short of the shifted look's; a clip's frames share a camera; and each
+    object's colour still reads as its name (by hue: light and shade vary), each text as dark on light."""
     def drawn(style):
         rng = random.Random(5)
         return sample_scene(rng, 64, style=style), rng.random()
@@ -276,13 +286,18 @@ def test_the_varied_look_draws_a_camera_per_scene_short_of_the_shifted_one():
     amplitudes = [c["stripes"][0] for c in cameras]
     assert 0.3 < amplitudes.count(0.0) / 200 < 0.7 and max(amplitudes) <= r["stripes"][1] < shifted["stripes"][0]
     assert all(c["stripes"][3] >= r["period"][0] > shifted["stripes"][3] for c in cameras)
+    varied, shifted_look = STYLES["varied"], STYLES["shifted"]
+    assert shifted_look["shade"][1] < varied["shade"][0] and varied["jitter"] < shifted_look["jitter"]
+    texts = [sample_scene(random.Random(s), 64, text=True, style="varied") for s in range(200)]
+    assert max(d["ink"][2] for d in texts) < shifted_look["ink"][2] - 30  # no ink near the shifted blue
+    assert all(min(d["paper"]) - max(d["ink"]) >= 60 for d in texts)  # still dark on light
     clip = make_clip(4, n_frames=3, style="varied")
     assert len({repr(s["camera"]) for s in clip.scenes}) == 1 and clip.scenes[0]["style"] == "varied"
     for s in range(100):
         scene = sample_scene(random.Random(s), 64, style="varied")
         pixels = np.asarray(draw_scene(scene), np.float32)
         for o in scene["objects"]:
-            assert nearest_color(pixels[o["y"] - 1:o["y"] + 2, o["x"] - 1:o["x"] + 2].mean((0, 1))) == o["color"]
+            assert nearest_hue(pixels[o["y"] - 1:o["y"] + 2, o["x"] - 1:o["x"] + 2].mean((0, 1))) == o["color"]
 
 
 @pytest.mark.parametrize("task", TASKS)
