@@ -15,7 +15,7 @@ untrained models; these train).
         frame: exact match, overall and per kind of caption; the blind baseline; the cache's bytes as a clip goes on
     python experiments.py score --ckpt=out/ckpt.pt --n=512 --json=score.json
         a checkpoint's exact match per task on more held-out conversations than train.py's eval (its first 64 are
-        those), in the default and the shifted look, and blind
+        those), in each look (the default, the shifted, the varied: scenes.STYLES), and blind
 
 Every run is a job of one runner (run_jobs): a process of its own, keeping its folder in --out_dir (checkpoint,
 log, stdout.txt), so a rerun resumes what was interrupted and skips what is done; with every run done, a rerun only

@@ -91,7 +91,7 @@ BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "unknown_command": (["lern"], "unknown command 'lern'"),
     "captions_clips_0": (["captions", "--clips=0"], "clips must be >= 1, got 0"),
     "captions_max_text_0": (["captions", "--max_text=0"], "max_text must be >= 1, got 0"),
-    "captions_unknown_style": (["captions", "--style=sketchy"], "--style is one of default, shifted, got 'sketchy'"),
+    "captions_unknown_style": (["captions", "--style=sketchy"], "--style is one of default, shifted, varied, got 'sketchy'"),
     "captions_missing_ckpt": (["captions", "--ckpt={tmp}/none.pt"], "no checkpoint at {tmp}/none.pt"),
     "captions_model_option": (["captions", "--n_embd=64"], "unknown option --n_embd"),
     "captions_json_in_a_missing_folder": (["captions", "--json=/missing/c.json"], "no such directory /missing"),
@@ -189,17 +189,16 @@ def test_captions_command_prints_a_table_and_writes_json(tiny_ckpt, tmp_path):
 
 def test_score_command_scores_every_task_in_each_look_and_blind(tiny_ckpt, tmp_path):
     """train.py's exact match on more held-out conversations: the first n of the held-out seeds, per task the
-    checkpoint trained on, in the default and the shifted look and on gray images; a table and the JSON."""
+    checkpoint trained on, in every look (scenes.STYLES) and on gray images; a table and the JSON."""
     out = tmp_path / "s.json"
     r = ok(run_preloaded("experiments.py", "score", f"--ckpt={tiny_ckpt}", "--n=3", f"--json={out}"))
     s = json.loads(out.read_text())
     tasks = sorted(scenes.parse_tasks(load(tiny_ckpt)["train_config"]["tasks"]))
-    assert [k for k in s if k not in ("machine", "options")] == ["default", "shifted", "blind"]
-    assert all(sorted(s[look]) == tasks and all(a in (0, 1 / 3, 2 / 3, 1) for a in s[look].values())
-               for look in ("default", "shifted", "blind"))
+    looks = ["default", "shifted", "varied", "blind"]
+    assert [k for k in s if k not in ("machine", "options")] == looks
+    assert all(sorted(s[look]) == tasks and all(a in (0, 1 / 3, 2 / 3, 1) for a in s[look].values()) for look in looks)
     lines = r.stdout.splitlines()
-    assert "3 held-out conversations per task" in lines[0] and lines[1].split() == ["task", "default", "shifted",
-                                                                                     "blind"]
+    assert "3 held-out conversations per task" in lines[0] and lines[1].split() == ["task", *looks]
     assert [line.split()[0] for line in lines[2:]] == tasks
 
 
