@@ -54,8 +54,8 @@ class PretrainConfig:
     eval_interval: int = 250
     eval_scenes: int = 256      # held-out scenes
     text_share: float = 0.5     # of the scenes have text (and 0-2 objects), as the reading task's do; 0: shapes only
-    style: str = "default"      # the look of training scenes: default, or varied (a camera per scene: scenes.STYLES);
-                                # the held-out scenes are drawn in the default look
+    style: str = "default"      # the look of training scenes: default, or varied (each scene its own camera, shades
+                                # and ink: scenes.STYLES); the held-out scenes are drawn in the default look
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
     workers: int | None = None  # processes drawing batches ahead (default: cores - 2, at most 8; 0: here)
@@ -80,8 +80,8 @@ OBJECT_LABELS = LABELS.index("char")  # LABELS[:OBJECT_LABELS] name the object u
 
 
 def labelled_scenes(seed, n, size, grid, text_share, style="default"):
-    """n random scenes from the VLM's own generator, drawn in `style`: images (n, 3, size, size) and, for every patch, its labels
-    (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, len(LABELS))."""
+    """n random scenes from the VLM's own generator, drawn in `style`: images (n, 3, size, size) and, for every
+    patch, its labels (LABELS; NONE where the patch shows no object, or no glyph): (n, grid * grid, len(LABELS))."""
     rng = random.Random(seed)
     drawn = [scenes.sample_scene(rng, size, text=rng.random() < text_share, style=style) for _ in range(n)]
     images = torch.stack([data.to_tensor(scenes.draw_scene(scene)) for scene in drawn])

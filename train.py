@@ -41,8 +41,8 @@ class TrainConfig:
     tasks: str = "all"          # synthetic tasks to train on, comma-separated (see scenes.TASKS, scenes.VIDEO_TASK)
     questions: int = 4          # synthetic: up to this many questions about each single-scene image (eval asks 1)
     frames: int | None = None   # video: frames per clip (default: 8 to 64, drawn per clip)
-    style: str = "default"      # the look of training scenes: default, or varied (a camera per scene: scenes.STYLES);
-                                # held-out scenes are drawn in the default and the shifted look, whichever this is
+    style: str = "default"      # synthetic: the look of training scenes: default, or varied (each scene its own
+                                # camera, shades and ink: scenes.STYLES); held-out scenes stay default and shifted
     text_only: bool = False     # pretrain the language model alone: each image replaced by its description in words
     # optimisation
     batch_size: int = 32
