@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
 from scenes import (  # noqa: E402
-    COLORS, EVAL_SEED0, RADIUS, RESTATE, VALIDATION_SEED0, SHAPES, STYLES, VARIED_CAMERA, VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK,
+    COLORS, EVAL_SEED0, RADIUS, RESTATE, VALIDATION_SEED0, SHAPES, STYLES, VARIED_CAMERA, VOCABULARY,
+    FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK,
     Conversation, DataError, Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip,
     make_conversation, object_labels, patch_chars, patch_objects, render_scene, sample_conversations, sample_scene,
     train_seed,
