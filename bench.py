@@ -316,8 +316,8 @@ def step_one(fusion, args, overrides):
 
 def source_of(args, tasks, size):
     """What train.py draws its batches from, for these tasks (train.py's data options, its defaults)."""
-    options = SimpleNamespace(data="synthetic", tasks=tasks, questions=4, frames=args.frames, text_only=False,
-                              batch_size=args.batch_size, eval_per_task=1, seed=0)
+    options = SimpleNamespace(data="synthetic", tasks=tasks, questions=4, frames=args.frames, style="default",
+                              text_only=False, batch_size=args.batch_size, eval_per_task=1, seed=0)
     return data.Conversations(options, size)
 
 
