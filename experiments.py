@@ -95,8 +95,7 @@ class CaptionOptions:
 
     def __post_init__(self):
         check_fields(self, at_least=dict(clips=1, frames=1, max_text=1))
-        if self.style not in scenes.STYLES:
-            raise ValueError(f"--style is one of {', '.join(scenes.STYLES)}, got {self.style!r}")
+        scenes.check_style(self.style)
 
 
 @dataclass

@@ -69,7 +69,7 @@ class PretrainConfig:
             raise ValueError(f"--init_from expects scratch or resume, got {self.init_from!r}")
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
-        scenes.check_training_style(self.style)
+        scenes.check_style(self.style, training=True)
 
 
 LABELS = ("shape", "color", "size", "cell", "char", "place")  # what each patch names: scenes.object_labels's for a

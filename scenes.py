@@ -577,11 +577,13 @@ def eval_conversations(n_per_task, size, tasks=TASKS, style="default", frames=No
     return [make_conversation(task, seed0 + i, size, style=style, frames=frames) for task, i in pairs]
 
 
-def check_training_style(style):
-    """A --style option of the training scripts: one of TRAINING_STYLES (the shifted look tests what training never
-    showed)."""
-    if style not in TRAINING_STYLES:
-        raise DataError(f"--style is one of {', '.join(TRAINING_STYLES)} (shifted is never trained on), got {style!r}")
+def check_style(style, training=False):
+    """A --style option: one of STYLES, or for a training script one of TRAINING_STYLES (the shifted look tests
+    what training never showed)."""
+    styles = TRAINING_STYLES if training else tuple(STYLES)
+    if style not in styles:
+        why = " (shifted is never trained on)" if training else ""
+        raise DataError(f"--style is one of {', '.join(styles)}{why}, got {style!r}")
 
 
 def sample_conversations(rng, n, size, tasks=TASKS, questions=1, frames=None, style="default"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import figures
 from common import UsageError, build, parse_options, run_script
-from scenes import MIN_SIZE, STYLES, TASKS, VIDEO_TASK, make_conversation, parse_tasks, train_seed
+from scenes import MIN_SIZE, TASKS, VIDEO_TASK, check_style, make_conversation, parse_tasks, train_seed
 
 
 @dataclass
@@ -29,8 +29,7 @@ class SampleOptions:
         for name, low in (("n", 1), ("image_size", MIN_SIZE), ("questions", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise ValueError(f"--{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        if self.style not in STYLES:
-            raise ValueError(f"--style is one of {', '.join(STYLES)}, got {self.style!r}")
+        check_style(self.style)
         self.task_list = TASKS + (VIDEO_TASK,) if self.tasks == "all" else parse_tasks(self.tasks)
 
 

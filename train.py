@@ -79,7 +79,7 @@ class TrainConfig:
                                          min_lr_ratio=0.0, warmup_iters=0, weight_decay=0.0), above=dict(grad_clip=0.0))
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be muon or adamw, got {self.optimizer!r}")
-        scenes.check_training_style(self.style)
+        scenes.check_style(self.style, training=True)
 
 
 def unwrapped(model):
