@@ -54,7 +54,8 @@ def masks(tokens=EXAMPLE):
     pos = torch.arange(len(tokens))[None]
     image_tokens = torch.zeros(n, N, C)
 
-    # insertion: one stream of text and image tokens, ordinary causal self-attention
+    # insertion: one stream of text and image tokens, causal self-attention by position (an image's tokens sit at
+    # their marker's, so they and the marker see one another)
     stream, s, text_at = model.insert_images(torch.zeros(1, len(tokens), C), image_tokens, is_image, 0)
     kinds = ["image"] * stream.size(1)
     for t, slot in enumerate(text_at[0].tolist()):

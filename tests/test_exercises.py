@@ -65,7 +65,12 @@ def test_attention_mask_picture_is_may_attend(tmp_path):
         assert casa[i].tolist() == [qw == kw and (j < 8 or j - 8 <= i) for j, kw in enumerate(casa_win.tolist())]
     insertion, kinds, _, _, _ = panels["insertion: self-attention over the stream"]
     assert kinds.count("image") == 8 and len(kinds) == len(am.EXAMPLE) + 8
-    assert torch.equal(insertion, torch.ones_like(insertion).tril())  # causal over text and image tokens alike
+    # causal over the stream, but an image's tokens and its marker share the marker's position: they see one another
+    image_of = [next(j for j in range(i, len(kinds)) if kinds[j] == "marker") if kinds[i] in ("image", "marker")
+                else None for i in range(len(kinds))]
+    want = [[j <= i or (image_of[i] is not None and image_of[i] == image_of[j]) for j in range(len(kinds))]
+            for i in range(len(kinds))]
+    assert insertion.tolist() == want and not torch.equal(insertion, torch.ones_like(insertion).tril())
 
     path = tmp_path / "masks.png"
     ok(run("exercises/attention_masks.py", f"--png={path}"))

@@ -96,7 +96,7 @@ def with_where(kind, q_pos, q_win, k_pos, k_win):  # unsqueeze and torch.where i
 
 
 WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must say)
-    "self_by_index": (masks(by_index, RIGHT_CROSS, RIGHT_CASA), "cached call 2"),
+    "self_by_index": (masks(by_index, RIGHT_CROSS, RIGHT_CASA), "a self query at position 0 saw a later key"),
     "self_on_cpu": (masks(by_index_on_cpu, RIGHT_CROSS, RIGHT_CASA), "its keys in reverse order"),
     "self_strict": (masks(lambda qp, qw, kp, kw: kp[:, None] < qp[:, :, None], RIGHT_CROSS, RIGHT_CASA),
                     "missed itself"),
@@ -113,7 +113,7 @@ WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must s
     "float_mask": (lambda kind, *a: masks(RIGHT_SELF, RIGHT_CROSS, RIGHT_CASA)(kind, *a).float(), "torch.bool"),
     "remembered": (remembered, "must be a"),
     "self_by_index_on_device": (masks(by_index_on_device, RIGHT_CROSS, RIGHT_CASA),
-                                "its keys in reverse order: may_attend('self', ...) returned the mask of the first"),
+                                "its keys in reverse order: a self query at position 0 saw a later key"),
     "cross_latest_of_call": (masks(RIGHT_SELF, cross_latest_of_call, RIGHT_CASA),
                              "cached call 5 [5, 3, 8, <image>] (N=4, 2 layer(s), 2 head(s), base 10000): a cross "
                              "query at position 10 saw a later key"),
@@ -121,8 +121,7 @@ WRONG = {  # name: (a wrong answer, a fragment of the one line its grader must s
                           "a cross query at position 0 saw a later key"),
     "self_ones_on_cpu": (masks(ones_on_cpu, RIGHT_CROSS, RIGHT_CASA), "may_attend('self', ...) on inputs of another"),
     "in_place": (in_place, "may_attend changed its argument q_pos in place"),
-    "remembered_by_shape": (remembered_by_shape, "its rows in reverse order: may_attend('self', ...) returned the "
-                                                 "mask of the first order: compute it keeping nothing"),
+    "remembered_by_shape": (remembered_by_shape, "a self query at position 0 saw a later key (position 1)"),
 }
 RIGHT = {"loops": loops, "with_where": with_where,
          "cross_causal_too": masks(RIGHT_SELF, RIGHT_CASA, RIGHT_CASA)}  # an image sits at its marker: never later
