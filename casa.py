@@ -466,8 +466,8 @@ class VLM(nn.Module):
     def insert_images(self, x, image_tokens, is_image, start):
         """Insertion: each marker becomes the image's N tokens, then the marker ("end of image"):
         stream tokens, queries, keys, cached, at their marker's position as in cross and CASA: they
-        see one another, and a query finds a patch by what it shows, at one RoPE distance (one slot
-        each never learned a named shape's colour: accuracy notebook). Padding: FAR_AWAY, unseen."""
+        see one another, and a query finds a patch by what it shows, at one RoPE distance (a slot each
+        bound a named shape's colour far later, if at all: accuracy notebook). Padding: FAR_AWAY."""
         B, T, C = x.shape
         N = self.config.n_image_tokens
         text_at = stream_slots(is_image, N)  # (B, T) slot of each text token in the stream
