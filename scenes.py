@@ -41,7 +41,8 @@ COLORS = {
     "purple": (150, 60, 210), "orange": (245, 135, 25), "white": (240, 240, 240), "cyan": (40, 215, 225),
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
-RADIUS = {"small": 0.1, "big": 0.16}  # half the object's extent, as a fraction of the image size (+-15%)
+RADIUS = {"small": 0.1, "big": 0.16}  # half the object's extent, as a fraction of the image size (times a look's
+# size_jitter, drawn per object)
 WORDS = ("cat", "dog", "sun", "car", "hat", "box", "map", "cup", "key",
          "fish", "bird", "tree", "moon", "boat", "cake")  # for the reading task, with 1-3 digit numbers
 GRID = (("top left", "top", "top right"),
@@ -63,6 +64,10 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # that a model reads the images and not quirks of the generator: other object sizes (yet at 64 px every small one
 # smaller than any big one of any look, so a caption's "small" and "big" keep their meaning), darker shades with
 # stronger jitter, more noise, and stripes across the background. Same vocabulary, same questions.
+# Sizes are the one axis the varied look covers rather than stops short of: "small" and "big" are defined by
+# example, and the default look leaves a gap between them (at 64 px radii 5-7 and 9-12), so a shifted big object
+# of 8 px had no size word that training determined. The varied look draws big objects from 8 px, which teaches
+# where the words part (notebook, "Where small ends and big begins").
 # A look's camera is what it does to the whole image: per-pixel noise (std), exposure (every channel times light),
 # a colour cast (added per channel) and stripes (amplitude, direction dx, dy, period in px). The default and
 # shifted looks have one camera; "varied" draws one per scene (a clip's frames share it) from VARIED_CAMERA's
@@ -77,16 +82,18 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # cream box (bolder still would be illegible). At 64x64 the smallest size, 16 px, makes a digit 9 px wide: every
 # glyph spans a patch of 8 px.
 STYLES = {
-    "default": {"radius": RADIUS, "shade": (1.0, 1.0), "jitter": COLOR_JITTER,
+    "default": {"radius": RADIUS, "size_jitter": (0.85, 1.15), "shade": (1.0, 1.0), "jitter": COLOR_JITTER,
                 "camera": {"noise": NOISE, "light": 1.0, "cast": (0.0, 0.0, 0.0), "stripes": (0.0, 1.0, 0.0, 6.0)},
                 "text_size": (0.25, 0.31), "weight": (0, 3), "slant": (0.0, 0.3),
                 "ink": (20, 20, 30), "paper": (235, 235, 225), "text_jitter": 40},
-    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "shade": (0.88, 0.88), "jitter": 20,
+    "shifted": {"radius": {"small": 0.09, "big": 0.145}, "size_jitter": (0.85, 1.15), "shade": (0.88, 0.88),
+                "jitter": 20,
                 "camera": {"noise": 9.0, "light": 1.0, "cast": (0.0, 0.0, 0.0), "stripes": (16.0, 1.0, -1.0, 6.0)},
                 "text_size": (0.25, 0.31), "weight": (3, 3), "slant": (0.3, 0.35),
                 "ink": (30, 40, 140), "paper": (250, 235, 200), "text_jitter": 0},
 }
-STYLES["varied"] = {**STYLES["default"], "camera": None, "shade": (0.92, 1.0), "jitter": 15, "text_jitter": 70}
+STYLES["varied"] = {**STYLES["default"], "size_jitter": (0.78, 1.15), "camera": None, "shade": (0.92, 1.0),
+                    "jitter": 15, "text_jitter": 70}
 VARIED_CAMERA = {"noise": (0.0, 7.0), "light": (0.9, 1.1), "cast": 8.0, "stripes": (0.0, 12.0), "period": (8.0, 16.0),
                  "striped": 0.5}  # ranges (uniform), the cast's bound per channel, the share of scenes with stripes
 TRAINING_STYLES = ("default", "varied")
@@ -129,7 +136,8 @@ def _place(rng, size, objects, text_box=None, style="default"):
     gap = max(2, size // 32)
     for _ in range(100):
         shape, color, size_name = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(tuple(RADIUS))
-        r = round(size * STYLES[style]["radius"][size_name] * rng.uniform(0.85, 1.15))  # no two exact sizes
+        jitter = rng.uniform(*STYLES[style]["size_jitter"])  # no two exact sizes
+        r = round(size * STYLES[style]["radius"][size_name] * jitter)
         o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color, style)}
         o = _moved(o, rng.randint(r + 1, size - 2 - r), rng.randint(r + 1, size - 2 - r))
         if any(p["shape"] == shape and p["color"] == color for p in objects):

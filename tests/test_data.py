@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))  # so `pytest tests` works without installing anyt
 from conftest import run_preloaded  # noqa: E402
 from data import ALPHABET, PIECE, Tokenizer, collate, encode_conversation, load_folder, load_image, to_tensor  # noqa: E402
 from scenes import (  # noqa: E402
-    COLORS, EVAL_SEED0, RADIUS, RESTATE, VALIDATION_SEED0, SHAPES, STYLES, VARIED_CAMERA, VOCABULARY,
-    FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK,
+    COLORS, EVAL_SEED0, RADIUS, RESTATE, VALIDATION_SEED0, SHAPES, STYLES, TRAINING_STYLES, VARIED_CAMERA,
+    VOCABULARY, FOLLOW_UP_QUESTIONS, TASKS, VIDEO_TASK,
     Conversation, DataError, Turn, _cell, _clear_cell, as_text, describe, draw_scene, eval_conversations, make_clip,
     make_conversation, object_labels, patch_chars, patch_objects, render_scene, sample_conversations, sample_scene,
     train_seed,
@@ -260,12 +260,20 @@ def test_text_styles():
     assert shifted["ink"] != default["ink"] and shifted["paper"] != default["paper"]
 
 
-def test_small_and_big_mean_the_same_in_every_look():
-    """The shifted look draws other sizes, but a scene caption names sizes: every small object of either look is
-    smaller than every big one, after the +-15% spread and the rounding to whole pixels."""
-    radii = {(style, name): [round(64 * STYLES[style]["radius"][name] * f) for f in (0.85, 1.15)]
+def test_small_and_big_mean_the_same_in_every_look_and_training_draws_every_size():
+    """The shifted look draws other sizes, but a scene caption names sizes: every small object of any look is smaller
+    than every big one, after each look's spread and the rounding to whole pixels; and the training looks together
+    draw every radius any look gives a size word, so no held-out object's word lies in a gap training left open."""
+    radii = {(style, name): range(round(64 * STYLES[style]["radius"][name] * STYLES[style]["size_jitter"][0]),
+                                  round(64 * STYLES[style]["radius"][name] * STYLES[style]["size_jitter"][1]) + 1)
              for style in STYLES for name in ("small", "big")}
-    assert max(radii[s, "small"][1] for s in STYLES) < min(radii[s, "big"][0] for s in STYLES)
+    assert max(radii[s, "small"][-1] for s in STYLES) < min(radii[s, "big"][0] for s in STYLES)
+    for name in ("small", "big"):
+        trained = {r for s in TRAINING_STYLES for r in radii[s, name]}
+        assert all(set(radii[s, name]) <= trained for s in STYLES), name
+    drawn = {(o["size"], o["r"]) for seed in range(300)
+             for o in sample_scene(random.Random(seed), 64, style="varied")["objects"]}
+    assert ("big", 8) in drawn and max(r for name, r in drawn if name == "small") == 7
 
 
 def test_the_varied_look_draws_a_camera_per_scene_short_of_the_shifted_one():
