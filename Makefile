@@ -43,7 +43,7 @@ TASKS_ARGS ?= --tasks=caption,color,shape,count,position,relation,reading,multi_
               --style=varied
 tasks: setup
 	$(PY) experiments.py learn --out_dir=out-tasks --vision_iters=3200 --vision_args="--style=varied" --jobs=3 \
-	    --train_args="$(TASKS_ARGS)" --json=results/tasks_enc3200_cpu.json --png=results/tasks_enc3200_cpu.png
+	    --train_args="$(TASKS_ARGS)" --json=results/tasks_cpu.json --png=results/tasks_cpu.png
 
 # The paper's accuracy claims at toy scale (README: Accuracy of the three fusions); resumes if interrupted.
 paper: setup
