@@ -64,10 +64,6 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # that a model reads the images and not quirks of the generator: other object sizes (yet at 64 px every small one
 # smaller than any big one of any look, so a caption's "small" and "big" keep their meaning), darker shades with
 # stronger jitter, more noise, and stripes across the background. Same vocabulary, same questions.
-# Sizes are the one axis the varied look covers rather than stops short of: "small" and "big" are defined by
-# example, and the default look leaves a gap between them (at 64 px radii 5-7 and 9-12), so a shifted big object
-# of 8 px had no size word that training determined. The varied look draws big objects from 8 px, which teaches
-# where the words part (notebook, "Where small ends and big begins").
 # A look's camera is what it does to the whole image: per-pixel noise (std), exposure (every channel times light),
 # a colour cast (added per channel) and stripes (amplitude, direction dx, dy, period in px). The default and
 # shifted looks have one camera; "varied" draws one per scene (a clip's frames share it) from VARIED_CAMERA's
@@ -75,6 +71,10 @@ BG_RANGE = (15, 85)  # background channels: dark and muted, >= 95 away from ever
 # the default look. Every range stops short of the shifted look on its axis (lighter objects, less jitter, less
 # noise, fainter stripes never in its 6 px diagonals, inks far from its blue), so a model trained on it learns to
 # see past a camera and a palette, and the shifted look still shows one it never saw.
+# Sizes are the one axis the varied look covers rather than stops short of: "small" and "big" are defined by
+# example, and the default look leaves a gap between them (at 64 px radii 5-7 and 9-12), so a shifted big object
+# of 8 px had no size word that training determined. The varied look draws big objects from 8 px, which teaches
+# where the words part (notebook, "Where small ends and big begins").
 # Text is drawn in varied sizes (font px as a fraction of the image), weights (pillow's stroke width in the 4x
 # drawing's pixels), slants (horizontal shear, either way) and shades of dark ink on a light box (+-text_jitter per
 # channel), so that the encoder learns glyphs rather than one font's pixels; the shifted look draws it more slanted
