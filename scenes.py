@@ -136,8 +136,8 @@ def _place(rng, size, objects, text_box=None, style="default"):
     gap = max(2, size // 32)
     for _ in range(100):
         shape, color, size_name = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(tuple(RADIUS))
-        jitter = rng.uniform(*STYLES[style]["size_jitter"])  # no two exact sizes
-        r = round(size * STYLES[style]["radius"][size_name] * jitter)
+        scale = rng.uniform(*STYLES[style]["size_jitter"])  # no two exact sizes
+        r = round(size * STYLES[style]["radius"][size_name] * scale)
         o = {"shape": shape, "color": color, "size": size_name, "r": r, "rgb": _jitter(rng, color, style)}
         o = _moved(o, rng.randint(r + 1, size - 2 - r), rng.randint(r + 1, size - 2 - r))
         if any(p["shape"] == shape and p["color"] == color for p in objects):
