@@ -264,9 +264,10 @@ def test_small_and_big_mean_the_same_in_every_look_and_training_draws_every_size
     """The shifted look draws other sizes, but a scene caption names sizes: every small object of any look is smaller
     than every big one, after each look's spread and the rounding to whole pixels; and the training looks together
     draw every radius any look gives a size word, so no held-out object's word lies in a gap training left open."""
-    ends = lambda style, name: [round(64 * STYLES[style]["radius"][name] * f) for f in STYLES[style]["size_jitter"]]
-    radii = {(style, name): range(ends(style, name)[0], ends(style, name)[1] + 1)
-             for style in STYLES for name in ("small", "big")}
+    def radius_range(style, name):  # every whole-pixel radius the look can draw for that size word, at 64 px
+        low, high = (round(64 * STYLES[style]["radius"][name] * f) for f in STYLES[style]["size_jitter"])
+        return range(low, high + 1)
+    radii = {(style, name): radius_range(style, name) for style in STYLES for name in ("small", "big")}
     assert max(radii[s, "small"][-1] for s in STYLES) < min(radii[s, "big"][0] for s in STYLES)
     for name in ("small", "big"):
         trained = {r for s in TRAINING_STYLES for r in radii[s, name]}
