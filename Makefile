@@ -45,9 +45,12 @@ tasks: setup
 	$(PY) experiments.py learn --out_dir=out-tasks --vision_iters=3200 --vision_args="--style=varied" --jobs=3 \
 	    --train_args="$(TASKS_ARGS)" --json=results/tasks_cpu.json --png=results/tasks_cpu.png
 
-# The paper's accuracy claims at toy scale (README: Accuracy of the three fusions); resumes if interrupted.
+# The paper's accuracy claims at toy scale (README: Accuracy of the three fusions), on the staged recipe of make
+# tasks; resumes if interrupted, and keeps each run's record in results/paper_runs (a run with a complete record is
+# not trained again; PAPER_ARGS="--out_dir=out-paper" trains every run afresh).
+PAPER_ARGS ?=
 paper: setup
-	$(PY) experiments.py paper
+	$(PY) experiments.py paper $(PAPER_ARGS)
 
 # The GPU path in one command, on a machine with a CUDA GPU (README: On a GPU): the tests; the data feed (batches/s
 # by workers, the loop's wait for data); training throughput; train.py's step per set of attention kernels; the

@@ -7,9 +7,10 @@ untrained models; these train).
         training seconds and text tokens until each task first reaches 50, 80 and 90%; --vision_iters first
         pretrains one vision encoder that every fusion starts from
     python experiments.py paper              (make paper; --quick: tiny budgets, a few minutes)
-        the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one text-only
-        LM (setting (i)), cross and CASA adapting the frozen insertion VLM (setting (ii)), live captioning; writes
-        results/paper.json, .md, .png and a captioned GIF
+        the paper's accuracy claims at toy scale: insertion, cross-attention variants and CASA from one
+        pretrained vision encoder, each on every task at its fusion's own learning rates (setting (i)), cross and
+        CASA adapting the frozen insertion VLM (setting (ii)), live captioning; keeps every run's record in
+        results/paper_runs and writes results/paper.json, .md, .png and a captioned GIF
     python experiments.py captions --ckpt=out-video/ckpt.pt --frames=64 --max_text=160 --json=captions.json
         live captions of held-out clips streamed through one cache (sample.py --video's path), scored frame by
         frame: exact match, overall and per kind of caption; the blind baseline; the cache's bytes as a clip goes on
@@ -69,7 +70,9 @@ class LearnOptions:
 
 @dataclass
 class PaperOptions:
-    out_dir: str = "out-paper"    # every run keeps its folder here (checkpoint, log, eval.json): a rerun resumes
+    out_dir: str = "results/paper_runs"  # every run keeps its folder here: its checkpoint (git-ignored) and its
+                                  # record (log.jsonl, eval.json, ...): a rerun resumes, and skips a run whose record
+                                  # is complete; out-paper (say) starts afresh
     quick: bool = False           # tiny models and budgets, a few minutes: checks the pipeline, not the claims
     jobs: int = 2                 # training runs at once (each on cpu_count / jobs threads)
     json: str = "results/paper.json"
@@ -123,28 +126,46 @@ class Job:
     """One run of another script, in a process of its own (scripts are peers: they share no imports), its output
     in OUT_DIR/stdout.txt. A training run (train.py, pretrain_vision.py) gets --out_dir and keeps its checkpoint
     there: a rerun resumes it, or skips it once the checkpoint reached `iters` (None: the budget the checkpoint
-    records). Any other job (trains=False) runs every time."""
+    records). A train.py run whose checkpoint was removed counts as done by its record, eval.json at `iters`, until
+    a run starting from it (its `parent`) needs the checkpoint again: then it is trained again from its own parent
+    (training is deterministic: the same seed and options give the same weights). Any other job (trains=False) runs
+    every time."""
     script: str
     out_dir: str
     argv: list
     iters: int | None = None
     trains: bool = True
+    parent: "Job | None" = None  # the run whose checkpoint this one starts from (--init_from)
 
 
-def finished(job):
-    path = os.path.join(job.out_dir, "ckpt.pt")
-    if not (job.trains and os.path.exists(path)):
+def finished(job, needed=False):
+    """Whether job is done: its checkpoint at its budget, or, unless its checkpoint is `needed`, its record."""
+    path, record = os.path.join(job.out_dir, "ckpt.pt"), os.path.join(job.out_dir, "eval.json")
+    if not job.trains:
         return False
-    ckpt = load_checkpoint(path)
-    return ckpt.get("iter", 0) >= (job.iters or ckpt["train_config"]["max_iters"])
+    if os.path.exists(path):
+        ckpt = load_checkpoint(path)
+        return ckpt.get("iter", 0) >= (job.iters or ckpt["train_config"]["max_iters"])
+    return not needed and job.iters is not None and os.path.exists(record) and read_json(record)["iter"] >= job.iters
 
 
-def run_jobs(jobs, n=1):
-    """Run the unfinished jobs in order, n at a time, each on its share of the cores. A failed job stops the
-    others (each keeps its last checkpoint) and ends in one line naming its stdout.txt."""
-    todo, running = [j for j in jobs if not finished(j)], []
+def checkpoint(job, n=1):
+    """The path of job's checkpoint, training the run again first if it was removed (and its parents, if theirs
+    were too)."""
+    if not finished(job, needed=True):
+        run_jobs([job], n, needed=True)
+    return os.path.join(job.out_dir, "ckpt.pt")
+
+
+def run_jobs(jobs, n=1, needed=False):
+    """Run the unfinished jobs in order (needed: those without a checkpoint too), n at a time, each on its share of
+    the cores, after the checkpoints they start from. A failed job stops the others (each keeps its last checkpoint)
+    and ends in one line naming its stdout.txt."""
+    todo, running = [j for j in jobs if not finished(j, needed)], []
     if not todo:
         return
+    for parent in {j.parent.out_dir: j.parent for j in todo if j.parent}.values():
+        checkpoint(parent, n)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // min(n, len(todo))))}
     try:
         while todo or running:
@@ -247,29 +268,30 @@ def draw_learning_curves(results, path):
 
 
 # ------------------------------------------------------------------------------------------------ paper
-# The paper's comparisons at toy scale (PAPER.md: settings (i) and (ii), Tables 2 and 3, live captioning). Every
-# VLM starts from one text-only LM, which starts from one pretrained vision encoder; variants differ in the fusion
-# only: same data, same budget, the same first seeds, and each fusion at the learning rates its own short sweep chose.
+# The paper's comparisons at toy scale (PAPER.md: settings (i) and (ii), Tables 2 and 3, live captioning), on the
+# staged recipe of make tasks: one vision encoder pretrained in the varied look, then every variant from it on every
+# task at once (the eight question tasks and 8-frame live captions); variants differ in the fusion only: same data,
+# same budget, the same first seeds, and each fusion at the learning rates its own short sweep chose.
 
 COARSE_TASKS = ("color", "shape", "count", "position")
 FINE_TASKS = ("reading", "relation", "caption", "multi_image")  # a word, two objects, every object, the latest image
+VIDEO_TASKS = ("video",)  # live captions: what moved, appeared or left since the last frame
 VARIANTS = {"insertion": ["--fusion=insertion"], "cross": ["--fusion=cross"],
             "cross_every2": ["--fusion=cross", "--cross_every=2"], "cross_gate": ["--fusion=cross", "--gate=true"],
             "cross_shared": ["--fusion=cross", "--share_weights=true"], "casa": ["--fusion=casa"]}
 FUSION_OF = {v: flags[0].removeprefix("--fusion=") for v, flags in VARIANTS.items()}  # whose learning rates it gets
 ADAPTED = ("cross", "casa")  # setting (ii): new layers on the frozen insertion VLM of setting (i), its best seed
 SEEDS = (1337, 1338, 1339)  # insertion, cross and casa run all three, the other variants the first two
-LEARNING_RATES = (6e-3, 1e-3)  # new layers (--lr), pretrained weights (--pretrained_lr): the sweep's middle
-RATE_SCALES = (1 / 3, 1, 3)  # the sweep's first axis: both rates times each (insertion adds no layer to the LM, whose
-# checkpoint holds the encoder and its projector, so for it this scales the encoder and the LM together)
-LM_SCALES = (1 / 3, 1, 3)  # its second axis, from the first's choice: the LM's own rate times each, the encoder's
-# held (--pretrained_vision_lr); a winning edge is followed one factor further, at most LM_STEPS_PAST_EDGE times
-LM_STEPS_PAST_EDGE = 2
+LEARNING_RATES = (6e-3, 2e-4)  # the sweep's middle: new weights (--lr: the LM and the fusion layers, which start
+# untrained) and the pretrained encoder's (--pretrained_lr)
+RATE_SCALES = (1 / 3, 1, 3)  # the sweep's first axis: the new weights' rate times each, the encoder's held
+ENCODER_SCALES = (1 / 3, 1, 3)  # its second axis, from the first's choice: the encoder's rate times each; a winning
+# edge is followed one factor further, at most STEPS_PAST_EDGE times
+STEPS_PAST_EDGE = 2
 MARGIN = 0.04  # a rate off x1 must beat it by more: two seeds of one rate differ 3.4-4.7 points (paper_notebook.md)
 # iterations per stage, held-out conversations per task, held-out clips and frames per clip (training and eval)
-BUDGETS = {"full": dict(vision=1600, lm=800, sweep=300, vlm=800, adapt=400, video=800, eval_per_task=64, clips=16,
-                        frames=8),
-           "quick": dict(vision=2, lm=2, sweep=2, vlm=5, adapt=2, video=2, eval_per_task=2, clips=1, frames=3)}
+BUDGETS = {"full": dict(vision=3200, sweep=400, vlm=2400, adapt=1200, eval_per_task=64, clips=16, frames=8),
+           "quick": dict(vision=2, sweep=2, vlm=5, adapt=2, eval_per_task=2, clips=1, frames=3)}
 QUICK_MODEL = dict(image_size=32, vit_layers=1, vit_dim=32, vit_heads=2, n_layer=2, n_head=2, n_embd=32)
 CURVE_POINTS = 10  # evals in a setting (i) run (one at 80% of it): its crossing times and plateau are read off them
 PLATEAU = 0.01  # the budget is enough once the mean accuracy gains at most this over the last 20% of a run
@@ -280,18 +302,16 @@ def seeds_of(variant):
 
 
 def rates(rate):
-    """train.py's learning-rate options at a sweep point, rate = (scale, lm_scale): the new layers' and the encoder's
-    rates at `scale` times LEARNING_RATES, the LM's at lm_scale times the encoder's."""
-    scale, lm_scale = rate
-    new, pretrained = (r * scale for r in LEARNING_RATES)
-    vision = [] if lm_scale == 1 else [f"--pretrained_vision_lr={pretrained:.3g}"]
-    return [f"--lr={new:.3g}", f"--pretrained_lr={pretrained * lm_scale:.3g}", *vision, "--warmup_iters=50"]
+    """train.py's learning-rate options at a sweep point, rate = (scale, encoder_scale): the new weights' rate at
+    `scale` times theirs in LEARNING_RATES, the encoder's at encoder_scale times its own."""
+    new, encoder = (r * x for r, x in zip(LEARNING_RATES, rate))
+    return [f"--lr={new:.3g}", f"--pretrained_lr={encoder:.3g}", "--warmup_iters=50"]
 
 
 def rate_name(rate):
-    """A sweep point's name in run folders and tables: x1, or x1_lm3 once the LM's rate is off the first axis."""
-    scale, lm_scale = rate
-    return f"x{scale:.3g}" + ("" if lm_scale == 1 else f"_lm{lm_scale:.3g}")
+    """A sweep point's name in run folders and tables: x1, or x1_enc3 once the encoder's rate is off the first axis."""
+    scale, encoder_scale = rate
+    return f"x{scale:.3g}" + ("" if encoder_scale == 1 else f"_enc{encoder_scale:.3g}")
 
 
 def chosen_scale(sweep):
@@ -302,9 +322,9 @@ def chosen_scale(sweep):
 
 
 def past_edge(tried):
-    """The line search's next LM scale, {lm_scale: summary} -> one factor past the winning edge when that edge beats
-    its neighbour outright, else None (the winner has tried neighbours on both sides, or it won a tie)."""
-    ordered, step = sorted(tried), LM_SCALES[-1] / LM_SCALES[-2]
+    """The line search's next scale, {scale: summary} -> one factor past the winning edge when that edge beats its
+    neighbour outright, else None (the winner has tried neighbours on both sides, or it won a tie)."""
+    ordered, step = sorted(tried), ENCODER_SCALES[-1] / ENCODER_SCALES[-2]
     mean = lambda scale: round(tried[scale]["mean"], 4)
     if mean(ordered[-1]) > max(mean(s) for s in ordered[:-1]):
         return ordered[-1] * step
@@ -312,8 +332,7 @@ def past_edge(tried):
 
 
 def final_eval(job):
-    with open(os.path.join(job.out_dir, "eval.json")) as f:
-        result = json.load(f)
+    result = read_json(os.path.join(job.out_dir, "eval.json"))
     return {k: result[k] for k in ("iter", "train_s", "accuracy", "blind_accuracy") if k in result}
 
 
@@ -324,16 +343,16 @@ def validation_accuracy(job, n_per_task):
     tables report was never a criterion of choice."""
     path = os.path.join(job.out_dir, "validation.json")
     if not os.path.exists(path):
-        save_json(path, scores(os.path.join(job.out_dir, "ckpt.pt"), n_per_task,
-                               seed0=scenes.VALIDATION_SEED0)["default"])
+        save_json(path, scores(checkpoint(job), n_per_task, seed0=scenes.VALIDATION_SEED0)["default"])
     return read_json(path)
 
 
 def summary(accuracy):
-    """The tasks, then the means the paper's tables report: coarse, fine-grained and all tasks."""
+    """The tasks, then the means the paper's tables report: coarse, fine-grained and all tasks (live captions
+    included)."""
     mean = lambda tasks: sum(accuracy[t] for t in tasks) / len(tasks)
     return {**accuracy, "coarse": mean(COARSE_TASKS), "fine": mean(FINE_TASKS),
-            "mean": mean(COARSE_TASKS + FINE_TASKS)}
+            "mean": mean(COARSE_TASKS + FINE_TASKS + VIDEO_TASKS)}
 
 
 def caption_table(c, args):
@@ -362,80 +381,78 @@ def curve_facts(job):
 
 
 def paper(args, overrides):
-    """Five stages, each a set of train.py / pretrain_vision.py runs in OUT_DIR (finished ones are skipped): the
-    vision encoder; the text-only LM on it; the learning-rate sweep (insertion, cross and casa from the LM, short, at
-    RATE_SCALES, then LM_SCALES of the LM's own rate); setting (i) (every variant and seed from the LM, at its
-    fusion's chosen rates) with the video models (insertion, cross, casa from the LM, on clips); setting (ii) (cross
-    and casa on the frozen insertion model of the best seed), beside setting (i)'s other variants. Then the scores:
-    each run's final eval.json and curve, and live captions of held-out clips."""
+    """Four stages, each a set of pretrain_vision.py / train.py runs in OUT_DIR (finished ones are skipped): the
+    vision encoder; the learning-rate sweep (insertion, cross and casa from the encoder, short, at RATE_SCALES of the
+    new weights' rate, then ENCODER_SCALES of the encoder's); setting (i) (every variant and seed from the encoder,
+    at its fusion's chosen rates, on every task); setting (ii) (cross and casa on the frozen insertion model of the
+    best seed). Then the scores: each run's final eval.json and curve, and the first seed's live captions of
+    held-out clips."""
     b = BUDGETS["quick" if args.quick else "full"]
     overrides = {**(QUICK_MODEL if args.quick else {}), **overrides}
     small = ["--batch_size=4"] if args.quick else []
     where = lambda *parts: os.path.join(args.out_dir, *parts)
     vision = Job("pretrain_vision.py", where("vision"),
-                 [f"--max_iters={b['vision']}", f"--eval_interval={b['vision']}", *small,
+                 [f"--max_iters={b['vision']}", f"--eval_interval={b['vision']}", "--style=varied", *small,
                   *(["--eval_scenes=8"] if args.quick else []), *[f"--{k}={v}" for k, v in overrides.items()]],
                  b["vision"])
-    def vqa(iters, init, rate, tasks=",".join(COARSE_TASKS + FINE_TASKS), evals=2, eval_per_task=b["eval_per_task"]):
-        return [f"--init_from={init}", f"--tasks={tasks}", f"--max_iters={iters}",
-                f"--eval_interval={max(1, iters // evals)}", f"--eval_per_task={eval_per_task}", "--progress=false",
-                *rates(rate), *small]
-    # the LM alone, on the same questions with each image described in words (scenes.as_text); no fusion layers
-    lm = Job("train.py", where("lm"), [*vqa(b["lm"], where("vision", "ckpt.pt"), (1, 1)), "--text_only=true",
-                                       "--fusion=insertion"], b["lm"])
-    lm_ckpt = where("lm", "ckpt.pt")
-    sweep_job = lambda f, rate: Job("train.py", where("sweep", f"{f}_{rate_name(rate)}"),
-                                    [*vqa(b["sweep"], lm_ckpt, rate), f"--fusion={f}", f"--seed={SEEDS[0]}"],
-                                    b["sweep"])
+    every_task = ",".join(COARSE_TASKS + FINE_TASKS + VIDEO_TASKS)
+
+    def vlm(parent, iters, rate, evals=1):  # a train.py run from parent's checkpoint, on every task
+        argv = [f"--init_from={os.path.join(parent.out_dir, 'ckpt.pt')}", f"--tasks={every_task}",
+                f"--frames={b['frames']}", "--style=varied", f"--max_iters={iters}",
+                f"--eval_interval={max(1, iters // evals)}", f"--eval_per_task={b['eval_per_task']}",
+                "--progress=false", *rates(rate), *small]
+        return lambda out_dir, *flags: Job("train.py", out_dir, [*argv, *flags], iters, parent=parent)
+    sweep_job = lambda f, rate: vlm(vision, b["sweep"], rate)(where("sweep", f"{f}_{rate_name(rate)}"),
+                                                              f"--fusion={f}", f"--seed={SEEDS[0]}")
     validation = lambda job: summary(validation_accuracy(job, b["eval_per_task"]))
-    run_jobs([vision], args.jobs)
-    run_jobs([lm], args.jobs)
-    # the first axis, both rates together; then the second, the LM's rate from the first's choice, past winning edges
+    # the first axis, the new weights' rate; then the second, the encoder's from the first's choice, past winning edges
     first = {(f, scale): sweep_job(f, (scale, 1)) for f in FUSIONS for scale in RATE_SCALES}
     run_jobs(list(first.values()), args.jobs)
     swept = {f: {scale: validation(first[(f, scale)]) for scale in RATE_SCALES} for f in FUSIONS}
     scale_of = {f: chosen_scale(swept[f]) for f in FUSIONS}
-    lm_swept = {f: {1: swept[f][scale_of[f]]} for f in FUSIONS}
-    todo = {f: [lm_scale for lm_scale in LM_SCALES if lm_scale != 1] for f in FUSIONS}
-    for _ in range(1 + LM_STEPS_PAST_EDGE):
-        second = {(f, lm_scale): sweep_job(f, (scale_of[f], lm_scale)) for f in FUSIONS for lm_scale in todo[f]}
+    encoder_swept = {f: {1: swept[f][scale_of[f]]} for f in FUSIONS}
+    todo = {f: [scale for scale in ENCODER_SCALES if scale != 1] for f in FUSIONS}
+    for _ in range(1 + STEPS_PAST_EDGE):
+        second = {(f, scale): sweep_job(f, (scale_of[f], scale)) for f in FUSIONS for scale in todo[f]}
         run_jobs(list(second.values()), args.jobs)
-        for (f, lm_scale), job in second.items():
-            lm_swept[f][lm_scale] = validation(job)
-        todo = {f: [step] if (step := past_edge(lm_swept[f])) else [] for f in FUSIONS}
-    rate_of = {f: (scale_of[f], chosen_scale(lm_swept[f])) for f in FUSIONS}
+        for (f, scale), job in second.items():
+            encoder_swept[f][scale] = validation(job)
+        todo = {f: [step] if (step := past_edge(encoder_swept[f])) else [] for f in FUSIONS}
+    rate_of = {f: (scale_of[f], chosen_scale(encoder_swept[f])) for f in FUSIONS}
 
     # a run's folder names its rates: should the sweep choose otherwise, no finished run at other rates is reused
     at = lambda name, f: f"{name}_{rate_name(rate_of[f])}"
-    setting_i = {(v, seed): Job("train.py", where("i", f"{at(v, FUSION_OF[v])}_s{seed}"),
-                                [*vqa(b["vlm"], lm_ckpt, rate_of[FUSION_OF[v]], evals=CURVE_POINTS), *flags,
-                                 f"--seed={seed}"], b["vlm"])
+    setting_i = {(v, seed): vlm(vision, b["vlm"], rate_of[FUSION_OF[v]], CURVE_POINTS)(
+                     where("i", f"{at(v, FUSION_OF[v])}_s{seed}"), *flags, f"--seed={seed}")
                  for v, flags in VARIANTS.items() for seed in seeds_of(v)}
-    video = {f: Job("train.py", where("video", at(f, f)),
-                    [*vqa(b["video"], lm_ckpt, rate_of[f], "video", eval_per_task=b["clips"]), f"--fusion={f}",
-                     f"--frames={b['frames']}", *([] if args.quick else ["--batch_size=8"])], b["video"])
-             for f in FUSIONS}
-    # the three fusions first, a seed of each at a time, then their video models: a run cut short (it resumes)
-    # already compares them; setting (ii) and the other variants come last
+    # the three fusions first, a seed of each at a time: a run cut short (it resumes) already compares them;
+    # setting (ii) and the other variants come last
     core = sorted((key for key in setting_i if key[0] in FUSIONS), key=lambda key: key[1])
-    run_jobs([*(setting_i[key] for key in core), *video.values()], args.jobs)
+    run_jobs([setting_i[key] for key in core], args.jobs)
     source_seed = max(SEEDS, key=lambda seed: validation(setting_i[("insertion", seed)])["mean"])
     source = setting_i[("insertion", source_seed)]  # the strongest insertion model
-    adapted = {f: Job("train.py", where("ii", at(f, f)),
-                      [*vqa(b["adapt"], os.path.join(source.out_dir, "ckpt.pt"), rate_of[f]), f"--fusion={f}",
-                       "--pretrained_lr=0", f"--seed={SEEDS[0]}"], b["adapt"]) for f in ADAPTED}
+    adapted = {f: vlm(source, b["adapt"], rate_of[f])(where("ii", at(f, f)), f"--fusion={f}", "--pretrained_lr=0",
+                                                      f"--seed={SEEDS[0]}") for f in ADAPTED}
     run_jobs([*adapted.values(), *(job for key, job in setting_i.items() if key not in core)], args.jobs)
+    captions = {}  # live captions from each fusion's first seed, scored once (a second invocation re-draws); first,
+    for f in FUSIONS:  # as a run trained again for its checkpoint rewrites its record (the same accuracy, new times)
+        path = os.path.join(setting_i[(f, SEEDS[0])].out_dir, "captions.json")
+        if not os.path.exists(path):
+            save_json(path, caption_scores(checkpoint(setting_i[(f, SEEDS[0])]), b["clips"], b["frames"]))
+        captions[f] = read_json(path)
     runs = {key: {**final_eval(job), **curve_facts(job)} for key, job in setting_i.items()}
     for r in runs.values():
         r.update(summary(r["accuracy"]))  # a seed's record: its final eval and curve, then its columns
 
-    results = {"budget": b, "model": overrides, "lm_on_descriptions": final_eval(lm),
+    results = {"budget": b, "model": overrides,
                "sweep": {f: {"scales": {f"{scale:.3g}": acc for scale, acc in swept[f].items()},
                              "chosen": f"{scale_of[f]:.3g}",
-                             "lm_scales": {f"{lm:.3g}": acc for lm, acc in sorted(lm_swept[f].items())},
-                             "lm_chosen": f"{rate_of[f][1]:.3g}", "rates": rates(rate_of[f])[:-1]}
+                             "encoder_scales": {f"{x:.3g}": acc for x, acc in sorted(encoder_swept[f].items())},
+                             "encoder_chosen": f"{rate_of[f][1]:.3g}", "rates": rates(rate_of[f])[:-1]}
                          for f in FUSIONS},
-               "setting_i": {}, "setting_ii": {}, "captioning": {}}
+               "setting_i": {}, "setting_ii": {},
+               "captioning": {f: {**c, "train_s": runs[(f, SEEDS[0])]["train_s"]} for f, c in captions.items()}}
     for v in VARIANTS:
         seeds = {seed: runs[(v, seed)] for seed in seeds_of(v)}
         mean = lambda key: {c: sum(r[key][c] for r in seeds.values()) / len(seeds) for c in seeds[SEEDS[0]][key]}
@@ -449,15 +466,8 @@ def paper(args, overrides):
         acc = summary(r["accuracy"])
         results["setting_ii"][f] = {"accuracy": acc, "blind": summary(r["blind_accuracy"]),
                                     "drop": {t: base[t] - acc[t] for t in acc}, "train_s": r["train_s"]}
-    for f, job in video.items():
-        path = os.path.join(job.out_dir, "captions.json")
-        if not os.path.exists(path):  # scored once; a second invocation only re-draws
-            with open(path, "w") as out:
-                json.dump(caption_scores(os.path.join(job.out_dir, "ckpt.pt"), b["clips"], b["frames"]), out)
-        with open(path) as f_in:
-            results["captioning"][f] = {**json.load(f_in), "train_s": final_eval(job)["train_s"]}
     if args.gif:  # a held-out clip (seed EVAL_SEED0), captioned by casa through sample.py itself
-        run_jobs([Job("sample.py", where("gif"), [f"--ckpt={os.path.join(video['casa'].out_dir, 'ckpt.pt')}",
+        run_jobs([Job("sample.py", where("gif"), [f"--ckpt={checkpoint(setting_i[('casa', SEEDS[0])])}",
                                                    f"--video=synthetic:{scenes.EVAL_SEED0}", f"--gif={args.gif}"],
                       trains=False)])
     return results
@@ -532,30 +542,32 @@ def claims(r):
 def paper_tables(r):
     """Markdown: the learning-rate sweep; setting (i) in the shape of the paper's Table 2, with each variant's
     crossing times and plateau; setting (ii) as its Table 3; live captioning; the paper's claims, one line each."""
-    columns = [*COARSE_TASKS, *FINE_TASKS, "coarse", "fine", "mean"]
+    columns = [*COARSE_TASKS, *FINE_TASKS, *VIDEO_TASKS, "coarse", "fine", "mean"]
     head = lambda *names: ["| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
-    if "sweep" not in r or any("lm_scales" not in row for row in r["sweep"].values()):
-        raise UsageError("this JSON is from make paper before its learning-rate sweep had the LM's rate as an axis: "
-                         "run make paper again")
+    if "sweep" not in r or any("encoder_scales" not in row for row in r["sweep"].values()):
+        raise UsageError("this JSON is from make paper before it ran on the staged recipe (the sweep's second axis "
+                         "the encoder's rate): run make paper again")
     b, sweep = r["budget"], r["sweep"]
     scales = [f"{scale:.3g}" for scale in RATE_SCALES]
-    lines = [f"### Learning rates: each fusion's sweep (seed {SEEDS[0]}, {b['sweep']} iterations from the LM; mean "
-             "validation accuracy over every task)", "", "Both rates scaled together:", "",
+    lines = [f"### Learning rates: each fusion's sweep (seed {SEEDS[0]}, {b['sweep']} iterations from the encoder; "
+             "mean validation accuracy over every task)", "", "The new weights' rate (the LM's and the fusion "
+             "layers'), the encoder's held:", "",
              *head("fusion", *(f"x{label} ({', '.join(rates((scale, 1))[:2])})"
                                for label, scale in zip(scales, RATE_SCALES)), "chosen")]
     for f, row in sweep.items():
         lines.append(f"| {f} | " + " | ".join(percent(row["scales"][s]["mean"]) for s in scales)
                      + f" | x{row['chosen']} |")
-    lines += ["", "Then the LM's own rate, times each, from that choice (the encoder's and the new layers' held):", "",
-              *head("fusion", "LM rate x: mean", "chosen", "the rates every run of the fusion trains at")]
+    lines += ["", "Then the encoder's rate, times each, from that choice (the new weights' held):", "",
+              *head("fusion", "encoder rate x: mean", "chosen", "the rates every run of the fusion trains at")]
     for f, row in sweep.items():
-        tried = ", ".join(f"x{lm}: {percent(acc['mean'])}" for lm, acc in row["lm_scales"].items())
-        lines.append(f"| {f} | {tried} | x{row['lm_chosen']} | {', '.join(row['rates'])} |")
+        tried = ", ".join(f"x{x}: {percent(acc['mean'])}" for x, acc in row["encoder_scales"].items())
+        lines.append(f"| {f} | {tried} | x{row['encoder_chosen']} | {', '.join(row['rates'])} |")
     lines += ["", f"Rule: on each axis the highest mean, if it beats the default's (x1) by more than "
               f"{100 * MARGIN:.0f} points, else x1; on the second axis, a winning "
-              f"edge is followed one factor further, at most {LM_STEPS_PAST_EDGE} times. Every variant of "
+              f"edge is followed one factor further, at most {STEPS_PAST_EDGE} times. Every variant of "
               "cross-attention runs at cross's rates.", "",
-              f"### Setting (i): from a text-only LM ({b['vlm']} iterations; mean over seeds "
+              f"### Setting (i): from the pretrained encoder, every task at once ({b['vlm']} iterations; mean "
+              "over seeds "
               + ", ".join(map(str, SEEDS)) + f" for {', '.join(FUSIONS)}, the first two for the other variants; "
               "min-max in brackets)", "", *head("variant", *columns)]
     for v, row in r["setting_i"].items():
@@ -563,8 +575,6 @@ def paper_tables(r):
                  for c in columns]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append(f"| {v}, blind | " + " | ".join(percent(row["blind"][c]) for c in columns) + " |")
-    lm = summary(r["lm_on_descriptions"]["accuracy"])
-    lines.append("| text-only LM, reading descriptions | " + " | ".join(percent(lm[c]) for c in columns) + " |")
     lines += ["", "### Setting (i): when each variant got there (the mean over every task; iteration, per seed)", "",
               *head("variant", "final mean", *(f"to {t:.0%}" for t in THRESHOLDS),
                     f"gain over the last 20% (points, per seed; plateau: <= {100 * PLATEAU:.0f})")]
@@ -598,13 +608,13 @@ def paper_tables(r):
 def draw_bars(r, path, group_width=150, height=460):
     """Accuracy per task (and the means), a group per task, a bar per variant; a black line marks the best blind
     baseline of the group."""
-    groups = [*COARSE_TASKS, *FINE_TASKS, "mean"]
+    groups = [*COARSE_TASKS, *FINE_TASKS, *VIDEO_TASKS, "mean"]
     series = {v: row["mean"] for v, row in r["setting_i"].items()}
     series.update({f"{f} (ii)": row["accuracy"] for f, row in r["setting_ii"].items() if f != "insertion"})
     blind = {g: max(row["blind"][g] for row in r["setting_i"].values()) for g in groups}
     image = Image.new("RGB", (80 + group_width * len(groups), height), "white")
     ax = figures.Axes(image, (0, 0, image.width, height - 70), (0, len(groups)), (0, 1),
-                      "held-out accuracy per task: setting (i) from the text-only LM, mean over seeds; "
+                      "held-out accuracy per task: setting (i) from the encoder, mean over seeds; "
                       "(ii) adapting the frozen insertion VLM", ylabel="accuracy", yfmt=figures.percent,
                       xticks=[(g + 0.5, task) for g, task in enumerate(groups)])
     bar = 0.85 / len(series)
