@@ -128,7 +128,7 @@ class Job:
     there: a rerun resumes it, or skips it once the checkpoint reached `iters` (None: the budget the checkpoint
     records). A train.py run whose checkpoint was removed counts as done by its record, eval.json at `iters`, until
     a run starting from it (its `parent`) needs the checkpoint again: then it is trained again from its own parent
-    (training is deterministic: the same seed and options give the same weights). Any other job (trains=False) runs
+    (training is deterministic: the same seed, options and threads give the same weights). Any other job (trains=False) runs
     every time."""
     script: str
     out_dir: str
@@ -157,6 +157,20 @@ def checkpoint(job, n=1):
     return os.path.join(job.out_dir, "ckpt.pt")
 
 
+def threads(job, share):
+    """The threads a run trains on: those it first trained on (recorded in its folder's `threads`), else `share`,
+    then recorded. Sums split over another number of threads round otherwise, so a run resumed or trained again on
+    other threads would not give the same weights."""
+    path = os.path.join(job.out_dir, "threads")
+    if not job.trains:
+        return share
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(f"{share}\n")
+    with open(path) as f:
+        return int(f.read())
+
+
 def run_jobs(jobs, n=1, needed=False):
     """Run the unfinished jobs in order (needed: those without a checkpoint too), n at a time, each on its share of
     the cores, after the checkpoints they start from. A failed job stops the others (each keeps its last checkpoint)
@@ -166,7 +180,7 @@ def run_jobs(jobs, n=1, needed=False):
         return
     for parent in {j.parent.out_dir: j.parent for j in todo if j.parent}.values():
         checkpoint(parent, n)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // min(n, len(todo))))}
+    share = max(1, (os.cpu_count() or 1) // min(n, len(todo)))
     try:
         while todo or running:
             while todo and len(running) < n:
@@ -178,6 +192,7 @@ def run_jobs(jobs, n=1, needed=False):
                 out = open(os.path.join(job.out_dir, "stdout.txt"), "a")
                 argv = [sys.executable, job.script, *([f"--out_dir={job.out_dir}"] if job.trains else []), *job.argv,
                         *(["--init_from=resume"] if resume else [])]
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads(job, share))}
                 running.append((job, out, subprocess.Popen(argv, cwd=HERE, stdout=out, stderr=subprocess.STDOUT,
                                                            env=env)))
             time.sleep(0.2)

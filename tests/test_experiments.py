@@ -78,6 +78,17 @@ def test_run_jobs_resumes_an_interrupted_run_and_skips_a_finished_one(tmp_path, 
     assert capsys.readouterr().out == f"resuming: pretrain_vision.py --out_dir={tmp_path / 'v'}\n"
 
 
+
+def test_a_run_keeps_the_threads_it_first_trained_on(tmp_path):
+    """A training run's thread count is recorded at its start and read back ever after (resumed, or trained again
+    for its checkpoint, it rounds its sums the same way); other jobs take their share."""
+    job = experiments.Job("train.py", str(tmp_path), [])
+    assert experiments.threads(job, 2) == 2 and (tmp_path / "threads").read_text() == "2\n"
+    assert experiments.threads(job, 1) == 2
+    sample = experiments.Job("sample.py", str(tmp_path / "gif"), [], trains=False)
+    assert experiments.threads(sample, 1) == 1 and not (tmp_path / "gif").exists()
+
+
 BAD = {  # arguments -> what the one line must say ({tmp}: a folder of the test)
     "learn_fusions_empty": (["learn", "--fusions="], "--fusions takes a comma-separated list"),
     "learn_unknown_fusion": (["learn", "--fusions=casa,concat"], "--fusions takes a comma-separated list"),
